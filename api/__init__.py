@@ -1,0 +1,1 @@
+"""agentcpt.api — the FastAPI control plane."""

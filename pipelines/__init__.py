@@ -1,0 +1,1 @@
+"""agentcpt.pipelines — run specs as work units on Ray."""

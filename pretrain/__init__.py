@@ -1,0 +1,1 @@
+"""agentcpt.pretrain — tokenization, HF<->megatron-core conversion, the CPT trainer."""
