@@ -1,0 +1,1 @@
+"""Rendering records into CPT text with the ReAct tags of the Tongyi DeepResearch agent."""
