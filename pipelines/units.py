@@ -1,0 +1,109 @@
+"""Work units: what the driver sends to a worker, what comes back, and a barrier stage's plan.
+
+Unit assignment is deterministic so that a resumed run arrives at the same units:
+
+* a **map** stage's unit ``k`` is its upstream's committed unit ``k`` (same name);
+* a **barrier** stage's items (from ``Stage.prepare``, deterministic by contract) are cut
+  into consecutive chunks of ``execution.unit_size``, named ``unit_name(i)``; the inputs
+  ``prepare`` dropped are committed once as the unit ``DROPPED_UNIT``, which holds no
+  records, only failed-ledger rows, and which map stages downstream skip.
+
+A barrier stage's plan (its unit names) is saved under ``plan/<stage>.json`` once
+``prepare`` has run, so that a resumed run whose every planned unit is committed knows the
+stage is complete without running ``prepare`` again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from synth.shards import atomic_write_bytes, unit_name
+
+DROPPED_UNIT = "dropped"
+"""Unit name of a barrier stage's dropped inputs (failed ledger only); never a map unit."""
+
+
+def is_data_unit(unit: str) -> bool:
+    """True for units that carry records downstream (all but the dropped-inputs unit)."""
+    return unit != DROPPED_UNIT
+
+
+def cut_units(items: Sequence[Any], unit_size: int) -> list[tuple[str, list[Any]]]:
+    """Consecutive chunks of ``unit_size`` items, named ``00000``, ``00001``, …"""
+    if unit_size < 1:
+        raise ValueError("unit_size must be >= 1")
+    return [(unit_name(i), list(items[start : start + unit_size])) for i, start in enumerate(range(0, len(items), unit_size))]
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """One unit of work for a worker.
+
+    Map units name the upstream stage to read the unit from (``upstream``); barrier units
+    travel with their items as a separate Ray argument (so Ray resolves the object ref).
+    """
+
+    stage: str
+    unit: str
+    upstream: str | None = None
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What a worker reports for a committed unit."""
+
+    stage: str
+    unit: str
+    records: int
+    failed: int
+    worker: str
+    already_committed: bool = False
+    elapsed_s: float = 0.0
+    usage: dict[str, Any] | None = None
+    usage_source: str = ""
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """A barrier stage's work items (in order) and how many inputs ``prepare`` dropped."""
+
+    items: list[Any]
+    dropped: int
+    usage: dict[str, Any] | None = None
+    usage_source: str = ""
+
+
+class StagePlan(BaseModel):
+    """The units of a barrier stage, as cut from its prepared items."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    units: list[str] = Field(description="data unit names, in order")
+    items: int = Field(description="work items prepare returned")
+    dropped: int = Field(description="inputs prepare dropped (committed under the 'dropped' unit)")
+    unit_size: int
+
+
+def plan_path(run_dir: Path, stage: str) -> Path:
+    return run_dir / "plan" / f"{stage}.json"
+
+
+def read_plan(run_dir: Path, stage: str) -> StagePlan | None:
+    path = plan_path(run_dir, stage)
+    try:
+        return StagePlan.model_validate(json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        # An unreadable plan only costs a second prepare.
+        return None
+
+
+def write_plan(run_dir: Path, plan: StagePlan) -> None:
+    atomic_write_bytes(plan_path(run_dir, plan.stage), plan.model_dump_json(indent=2).encode())
