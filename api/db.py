@@ -64,6 +64,9 @@ class RunRow(Base):
     driver_started: Mapped[float | None] = mapped_column(Float, nullable=True)
     driver_job_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
+    # Set by a cancel request, cleared by resume. The driver clears the CANCEL marker when
+    # it starts, so a cancel sent while the run is still queued is re-issued on reconcile.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 def default_database_url(data_dir: Path) -> str:

@@ -32,6 +32,7 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     422: "validation_error",
     429: "too_many_requests",
+    503: "service_unavailable",
 }
 
 
@@ -39,7 +40,12 @@ class ApiError(Exception):
     """An error with its HTTP status, a short machine code, a message and the field it concerns."""
 
     def __init__(
-        self, status_code: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code

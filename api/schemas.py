@@ -30,7 +30,12 @@ RUN_SPEC_EXAMPLE: dict[str, Any] = {
     "name": "quickstart",
     "inputs": {"web": ["inputs/pages/*.html"], "trajectories": []},
     "llm": {"base_url": "http://127.0.0.1:8010/v1", "model": "SmolLM2-135M-Instruct", "max_concurrency": 16},
-    "stages": {"documents": {"min_chars": 200}, "memory": {}, "questions": {"per_cluster": 4}, "planning": {}},
+    "stages": {
+        "documents": {"min_chars": 200},
+        "memory": {},
+        "questions": {"per_cluster": 4},
+        "planning": {},
+    },
     "execution": {"unit_size": 64, "seed": 0},
 }
 
@@ -45,7 +50,9 @@ class _Public(BaseModel):
 class ErrorDetail(_Public):
     code: str = Field(description="short machine-readable code, e.g. invalid_spec, not_found, unauthorized")
     message: str = Field(description="one line for a human")
-    field: str | None = Field(None, description="dotted path of the offending field (spec key, query or path parameter)")
+    field: str | None = Field(
+        None, description="dotted path of the offending field (spec key, query or path parameter)"
+    )
 
 
 class ErrorBody(_Public):
@@ -55,7 +62,13 @@ class ErrorBody(_Public):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"error": {"code": "invalid_spec", "message": "extra field not permitted", "field": "stages.planning.k"}}
+                {
+                    "error": {
+                        "code": "invalid_spec",
+                        "message": "extra field not permitted",
+                        "field": "stages.planning.k",
+                    }
+                }
             ]
         },
     )
@@ -130,11 +143,19 @@ class RunPublic(_Public):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    duration_s: float | None = Field(None, description="seconds from start to finish (or to now while running)")
-    error: str | None = Field(None, description="why the run failed (with the driver's log tail when it died)")
-    cancel_requested: bool = Field(False, description="a cancel was requested and the driver has not stopped yet")
+    duration_s: float | None = Field(
+        None, description="seconds from start to finish (or to now while running)"
+    )
+    error: str | None = Field(
+        None, description="why the run failed (with the driver's log tail when it died)"
+    )
+    cancel_requested: bool = Field(
+        False, description="a cancel was requested and the driver has not stopped yet"
+    )
     attempts: int = Field(1, ge=1, description="1 + the number of resumes")
-    stages: list[StageProgressPublic] = Field(default_factory=list, description="per-stage progress, pipeline order")
+    stages: list[StageProgressPublic] = Field(
+        default_factory=list, description="per-stage progress, pipeline order"
+    )
     tokens: TokenTotals = Field(default_factory=TokenTotals)
     llm_requests: int = Field(0, ge=0)
     progress_updated_at: datetime | None = Field(None, description="when the driver last wrote progress")

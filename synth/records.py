@@ -276,6 +276,7 @@ class RolloutRecord(Record):
         pa.field("source", pa.string()),
         pa.field("n_tokens", pa.int64()),
         pa.field("text", pa.string()),
+        pa.field("malformed", pa.map_(pa.string(), pa.int64())),
     ]
     stage: Literal["rollouts"] = "rollouts"
     question_id: str | None = None
@@ -287,6 +288,9 @@ class RolloutRecord(Record):
     source: str = Field(description="'rollout' or 'import:<format>'")
     n_tokens: int | None = None
     text: str | None = None
+    malformed: dict[str, int] = Field(
+        default_factory=dict, description="malformed agent replies by kind (bad_json, unknown_tool, ...)"
+    )
 
     def to_row(self) -> dict[str, Any]:
         row = super().to_row()
@@ -299,7 +303,10 @@ class RolloutRecord(Record):
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Record:
         steps = [{**s, "action": _action_from_arrow(s.get("action"))} for s in row.get("steps") or []]
-        return cls.model_validate({**row, "steps": steps})
+        malformed = row.get("malformed") or {}
+        if isinstance(malformed, list):  # Arrow maps read back as (key, value) pairs
+            malformed = dict(malformed)
+        return cls.model_validate({**row, "steps": steps, "malformed": malformed})
 
 
 class DecisionRecord(Record):
@@ -310,6 +317,7 @@ class DecisionRecord(Record):
         pa.field("outcome", pa.string()),
         pa.field("n_tokens", pa.int64()),
         pa.field("text", pa.string()),
+        pa.field("filled_options", pa.int64()),
     ]
     stage: Literal["decisions"] = "decisions"
     trajectory_id: str
@@ -317,6 +325,7 @@ class DecisionRecord(Record):
     outcome: Outcome
     n_tokens: int | None = None
     text: str
+    filled_options: int = Field(0, description="alternatives not proposed by the LLM (taken from other steps or templates)")
 
 
 CorpusKind = Literal["planning", "reasoning", "rollout", "decision", "knowledge"]

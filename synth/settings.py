@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="cache of converted models; default <data_dir>/models")
     api_token: SecretStr | None = Field(None, description="bearer token for the control plane")
     database_url: str | None = Field(None, description="job store URL; default sqlite under <data_dir>")
+    ray_address: str | None = Field(
+        None, description="Ray cluster for runs submitted by the API (Jobs API URL, e.g. http://ray-head:8265); null = local"
+    )
 
     @property
     def models_path(self) -> Path:

@@ -227,6 +227,15 @@ class ShardStore:
     def is_committed(self, stage: str, unit: str) -> bool:
         return bool(_read_entry(self._entry_path(stage, unit))) or unit in self.committed_units(stage)
 
+    def unit_entry_rows(self, stage: str, unit: str) -> list[ManifestRow]:
+        """The files one unit's manifest entry commits ([] = not committed), reading only that entry.
+
+        For the runner's per-unit checks, which must not cost a scan of the whole stage's
+        manifest per unit (quadratic in units). A run's entries are never deleted, so during
+        a run the entry alone decides whether the unit is committed.
+        """
+        return [ManifestRow(**row) for row in _read_entry(self._entry_path(stage, unit))]
+
     def manifest_table(self) -> pa.Table:
         return pa.Table.from_pylist([r.__dict__ for r in self.manifest_rows()], schema=MANIFEST_SCHEMA)
 

@@ -71,6 +71,9 @@ class Stage(ABC):
     name: ClassVar[str]
     upstream: ClassVar[tuple[str, ...]] = ()
     barrier: ClassVar[bool] = False
+    # False for stages that never call a model (e.g. documents): a run of only such
+    # stages starts no LLM endpoint.
+    uses_llm: ClassVar[bool] = True
 
     def config(self, spec: RunSpec) -> BaseModel:
         """This stage's config block of the spec (it is enabled when the runner calls this)."""

@@ -48,7 +48,7 @@ class CPTTokenizer:
     vocab_size: int
 
     @property
-    def dtype(self) -> type[np.unsignedinteger] | type[np.signedinteger]:
+    def dtype(self) -> type[np.integer]:
         """Token dtype of the indexed dataset: uint16 below 65,500 ids (as megatron chooses), else int32."""
         return np.uint16 if self.vocab_size < UINT16_MAX_VOCAB else np.int32
 
@@ -127,4 +127,6 @@ def load_tokenizer(path: str | Path | None = None) -> CPTTokenizer:
     eod_token, eod_id = _choose_eod(backend, json_path.parent)
     # The largest id + 1, not len(vocab): added tokens may leave holes in the id space.
     vocab_size = max(backend.get_vocab(with_added_tokens=True).values()) + 1
-    return CPTTokenizer(path=json_path, backend=backend, eod_id=eod_id, eod_token=eod_token, vocab_size=vocab_size)
+    return CPTTokenizer(
+        path=json_path, backend=backend, eod_id=eod_id, eod_token=eod_token, vocab_size=vocab_size
+    )

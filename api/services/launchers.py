@@ -20,6 +20,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -106,23 +107,30 @@ class RunLauncher(ABC):
     def probe(self, handle: DriverHandle, log_path: Path) -> DriverProbe:
         """Whether the driver identified by ``handle`` still runs; with its log tail if it ended."""
 
+    def check_reachable(self) -> None:
+        """Raise if this backend cannot take a run now (before any run directory is made)."""
+        return None  # a local process can always be started
+
 
 class LocalProcessLauncher(RunLauncher):
     """Drivers as detached local processes."""
 
     backend: ClassVar[str] = "local"
 
-    def __init__(self, python: str | None = None) -> None:
-        self._python = python
+    def __init__(self, command: Callable[[Path, str], list[str]] | None = None) -> None:
+        """``command(spec_path, run_id)`` builds the driver's argv (default: ``driver_command``)."""
+        self._command = command or driver_command
         # Children started by this API process, so that finished ones are reaped (no zombies)
         # and their exit codes reported. Drivers from an earlier API process are probed by pid.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def launch(self, req: LaunchRequest) -> DriverHandle:
-        cmd = driver_command(req.spec_path, req.run_id, self._python)
+        cmd = self._command(req.spec_path, req.run_id)
         req.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(req.log_path, "ab") as log:
-            log.write(f"--- agentcpt api: attempt {req.attempt} at {utc_now().isoformat()}: {shlex.join(cmd)}\n".encode())
+            log.write(
+                f"--- agentcpt api: attempt {req.attempt} at {utc_now().isoformat()}: {shlex.join(cmd)}\n".encode()
+            )
             log.flush()
             proc = subprocess.Popen(
                 cmd,
@@ -143,7 +151,9 @@ class LocalProcessLauncher(RunLauncher):
 
     def probe(self, handle: DriverHandle, log_path: Path) -> DriverProbe:
         if handle.pid is None:
-            return DriverProbe(alive=False, detail="no driver process recorded", log_tail=read_log_tail(log_path))
+            return DriverProbe(
+                alive=False, detail="no driver process recorded", log_tail=read_log_tail(log_path)
+            )
         child = self._children.get(handle.pid)
         if child is not None:
             code = child.poll()
@@ -153,6 +163,10 @@ class LocalProcessLauncher(RunLauncher):
         if pid_is_driver(handle.pid, handle.started):
             return DriverProbe(alive=True)
         return DriverProbe(alive=False, detail="process is gone", log_tail=read_log_tail(log_path))
+
+    def started_pids(self) -> list[int]:
+        """Pids of the drivers this launcher started that have not exited yet."""
+        return [pid for pid, proc in list(self._children.items()) if proc.poll() is None]
 
     def reap(self) -> None:
         """Collect exit codes of finished children (called on shutdown and by probes)."""
@@ -181,12 +195,23 @@ class RayJobLauncher(RunLauncher):
     """Drivers submitted through the Ray Jobs API of the cluster at ``address``."""
 
     backend: ClassVar[str] = "ray"
+    agent_wait_s: ClassVar[float] = 60.0
 
-    def __init__(self, address: str, client_factory: Callable[[str], Any] | None = None, python: str | None = None):
+    def __init__(
+        self, address: str, client_factory: Callable[[str], Any] | None = None, python: str | None = None
+    ):
         self.address = address
         self._client_factory = client_factory or _job_client
         self._python = python
         self._client: Any = None
+
+    def check_reachable(self) -> None:
+        """One cheap request (connecting alone would trust a cached client of a cluster now down)."""
+        try:
+            self.client().get_version()
+        except Exception:
+            self._client = None
+            raise
 
     def client(self) -> Any:
         """The JobSubmissionClient; connecting raises if the cluster is unreachable."""
@@ -198,8 +223,19 @@ class RayJobLauncher(RunLauncher):
         job_id = f"agentcpt-{req.run_id}-{req.attempt}-{uuid.uuid4().hex[:6]}"
         entrypoint = shlex.join(driver_command(req.spec_path, req.run_id, self._python))
         env = {"AGENTCPT_DATA_DIR": str(req.data_dir), "PYTHONUNBUFFERED": "1"}
-        self.client().submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": env})
-        return DriverHandle(job_id=job_id)
+        deadline = time.monotonic() + self.agent_wait_s
+        while True:
+            try:
+                self.client().submit_job(
+                    entrypoint=entrypoint, submission_id=job_id, runtime_env={"env_vars": env}
+                )
+                return DriverHandle(job_id=job_id)
+            except RuntimeError as err:
+                # A head that has just (re)started answers 500 "No available agent to submit
+                # job" until its node's job agent registers (seconds): wait for it, bounded.
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def probe(self, handle: DriverHandle, log_path: Path) -> DriverProbe:
         if handle.job_id is None:
@@ -221,6 +257,34 @@ class RayJobLauncher(RunLauncher):
             tail = read_log_tail(log_path)
         detail = f"Ray job {status.lower()}" + (f": {info.message}" if getattr(info, "message", None) else "")
         return DriverProbe(alive=False, detail=detail, log_tail=tail)
+
+
+class LauncherRegistry:
+    """One launcher per backend (and per Ray address), kept for the app's lifetime.
+
+    The local launcher must be a single instance: it holds the child processes it started.
+    """
+
+    def __init__(
+        self,
+        local: LocalProcessLauncher | None = None,
+        ray: Callable[[str], RayJobLauncher] = RayJobLauncher,
+    ) -> None:
+        self._local = local or LocalProcessLauncher()
+        self._ray_factory = ray
+        self._ray: dict[str, RayJobLauncher] = {}
+
+    def __call__(self, backend: str, ray_address: str | None) -> RunLauncher:
+        if backend == "ray":
+            if not ray_address:
+                raise ValueError("a Ray-backed run needs a cluster address")
+            if ray_address not in self._ray:
+                self._ray[ray_address] = self._ray_factory(ray_address)
+            return self._ray[ray_address]
+        return self._local
+
+    def close(self) -> None:
+        self._local.reap()
 
 
 def _job_client(address: str) -> Any:

@@ -29,7 +29,8 @@ def read_stats(run_dir: Path) -> RunStatsPublic:
     prompt = sum(s.llm.prompt_tokens for s in progress.stages.values())
     completion = sum(s.llm.completion_tokens for s in progress.stages.values())
     return RunStatsPublic(
-        **stats.model_dump(), tokens=TokenTotals(prompt=prompt, completion=completion, total=prompt + completion)
+        **stats.model_dump(),
+        tokens=TokenTotals(prompt=prompt, completion=completion, total=prompt + completion),
     )
 
 

@@ -120,7 +120,11 @@ def confine_spec(spec: RunSpec, data_dir: Path) -> RunSpec:
     stages = spec.stages
     if stages.corpus is not None and stages.corpus.decontaminate:
         corpus = stages.corpus.model_copy(
-            update={"decontaminate": _confine_globs(stages.corpus.decontaminate, "stages.corpus.decontaminate", root)}
+            update={
+                "decontaminate": _confine_globs(
+                    stages.corpus.decontaminate, "stages.corpus.decontaminate", root
+                )
+            }
         )
         stages = stages.model_copy(update={"corpus": corpus})
     output_dir = confine_path(spec.output_dir, "output_dir", root)

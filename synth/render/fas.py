@@ -84,10 +84,26 @@ def render_planning(record: PlanningRecord, question: str) -> str:
 
 # (question frame, step-1 heading, step-2 heading).
 REASONING_FRAMES: tuple[tuple[str, str, str], ...] = (
-    ("Question: {question}", "Step 1 - decompose and answer from what I know:", "Step 2 - check against the facts and refine:"),
-    ("User: {question}\n\nAssistant:", "First attempt, from memory:", "Now verify each part and fix any mistakes:"),
-    ("## Problem\n{question}\n\n## Solution", "Initial reasoning:", "Refinement with the relevant knowledge:"),
-    ("Q: {question}", "Let me break this down and guess first.", "Checking that guess against what is known:"),
+    (
+        "Question: {question}",
+        "Step 1 - decompose and answer from what I know:",
+        "Step 2 - check against the facts and refine:",
+    ),
+    (
+        "User: {question}\n\nAssistant:",
+        "First attempt, from memory:",
+        "Now verify each part and fix any mistakes:",
+    ),
+    (
+        "## Problem\n{question}\n\n## Solution",
+        "Initial reasoning:",
+        "Refinement with the relevant knowledge:",
+    ),
+    (
+        "Q: {question}",
+        "Let me break this down and guess first.",
+        "Checking that guess against what is known:",
+    ),
 )
 
 

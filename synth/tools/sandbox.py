@@ -105,7 +105,9 @@ class SandboxLimits(BaseModel):
     cpu_s: PositiveInt = Field(5, description="CPU seconds before SIGXCPU")
     memory_mb: PositiveInt = Field(1024, description="address-space limit (RLIMIT_AS) in MiB")
     wall_s: PositiveFloat = Field(10.0, description="wall-clock seconds before the process group is killed")
-    max_output_chars: PositiveInt = Field(4000, description="stdout and stderr are each cut to this many characters")
+    max_output_chars: PositiveInt = Field(
+        4000, description="stdout and stderr are each cut to this many characters"
+    )
     max_file_mb: PositiveInt = Field(64, description="largest file the code may write (RLIMIT_FSIZE) in MiB")
     network_namespace: bool = Field(True, description="run under `unshare -rn` when the host allows it")
 
@@ -117,7 +119,9 @@ class SandboxResult(BaseModel):
     stdout: str
     stderr: str
     exit_code: int | None = Field(description="the child's exit status; negative = killed by that signal")
-    stopped: StopReason | None = Field(None, description="limit or rule that stopped the code; None = it ended")
+    stopped: StopReason | None = Field(
+        None, description="limit or rule that stopped the code; None = it ended"
+    )
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     isolated_network: bool = Field(description="ran in its own network namespace (else: audit hook only)")
@@ -239,7 +243,9 @@ _DENIED_RE = re.compile(r"SandboxDenied: (.+)")
 
 def _denial_message(stderr: str) -> str:
     found = _DENIED_RE.findall(stderr)
-    return found[-1].strip() + "." if found else "the sandbox has no network access and cannot start processes."
+    return (
+        found[-1].strip() + "." if found else "the sandbox has no network access and cannot start processes."
+    )
 
 
 def format_python_observation(result: SandboxResult, limits: SandboxLimits) -> str:

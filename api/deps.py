@@ -1,0 +1,116 @@
+"""What handlers depend on, as ``Annotated`` aliases so signatures read like sentences."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Request
+from fastapi import Path as PathParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from jinja2 import Environment
+
+from api.errors import ApiError, unauthorized
+from api.metrics import ApiMetrics
+from api.security import TokenAuth
+from api.services.runs import RunService
+from synth.records import STAGES
+from synth.settings import Settings
+from synth.spec import RUN_ID_RE
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    data_dir: Path
+    auth: TokenAuth
+    runs: RunService
+    metrics: ApiMetrics
+    templates: Environment
+    css: str = ""
+
+
+# Dependencies that do no blocking work are `async def`: FastAPI runs sync dependencies in
+# the thread pool, and each hop costs more than the check itself (measured: bench/api.py).
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+async def ctx_dep(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+async def get_runs(request: Request) -> RunService:
+    return get_ctx(request).runs
+
+
+# Declared so that OpenAPI shows the bearer scheme; the check itself is `require_token`.
+bearer_scheme = HTTPBearer(auto_error=False, description="AGENTCPT_API_TOKEN", scheme_name="bearer")
+
+
+async def require_token(
+    request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> None:
+    """401 unless the request carries the right bearer token (constant-time comparison)."""
+    if not get_ctx(request).auth.check_bearer(request.headers.get("authorization")):
+        raise unauthorized()
+
+
+def _declared_query_names(dependant: Any) -> set[str]:
+    """Query parameter names of a route, its dependencies included."""
+    names: set[str] = set()
+    stack = [dependant]
+    while stack:
+        current = stack.pop()
+        names.update(p.alias for p in current.query_params)
+        stack.extend(current.dependencies)
+    return names
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not declare (a typo must not be ignored silently)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _declared_query_names(dependant)
+    for name in request.query_params:
+        if name not in known:
+            raise ApiError(422, "validation_error", f"unknown query parameter {name!r}", name or "query")
+
+
+async def read_spec_body(request: Request) -> Any:
+    """The request body as JSON (any content type), bounded in size; 413/422 otherwise."""
+    body = await request.body()
+    if len(body) > MAX_SPEC_BYTES:
+        raise ApiError(413, "payload_too_large", f"a run spec is at most {MAX_SPEC_BYTES} bytes")
+    if not body.strip():
+        raise ApiError(422, "invalid_spec", "the request body must be a run spec (JSON object)")
+    try:
+        data = json.loads(body)
+        # Lone surrogates parse but cannot be written anywhere (YAML, SQLite, logs).
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeError, RecursionError) as err:
+        raise ApiError(422, "invalid_spec", f"the request body is not valid JSON: {err}") from None
+    return data
+
+
+RunServiceDep = Annotated[RunService, Depends(get_runs)]
+ContextDep = Annotated[AppContext, Depends(ctx_dep)]
+SpecBody = Annotated[Any, Depends(read_spec_body)]
+RunId = Annotated[
+    str,
+    PathParam(
+        pattern=RUN_ID_RE.pattern,
+        max_length=128,
+        description="run id (letters, digits, '.', '_', '-')",
+        examples=["quickstart-20250101-120000-1a2b3c"],
+    ),
+]
+StageName = Literal[STAGES]  # type: ignore[valid-type]

@@ -1,0 +1,1 @@
+"""Services behind the routers: the job store, driver launchers, run-directory readers."""

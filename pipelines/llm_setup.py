@@ -1,0 +1,178 @@
+"""LLM wiring for a run: endpoints on the driver, clients in the workers.
+
+Driver side (``RunEndpoints``): resolve ``base_url: embedded`` by starting (or reusing) the
+embedded endpoint, so workers get a real URL; start one cluster limiter actor per distinct
+endpoint URL (``llm`` and ``judge_llm`` pointing at the same URL share one, with the
+tightest of their limits); stop what was started when the run ends.
+
+Worker side (``open_worker_llms``): one ``LLMClient`` per endpoint config, all sharing the
+run's request cache (``run_dir/cache/llm``, so a resumed run never pays twice for an
+answered request), one usage tracker per worker process, and, per endpoint, one permit
+source leasing from that endpoint's limiter actor.
+
+The embedded endpoint listens on 127.0.0.1 of the driver's machine: a cluster spanning
+several machines needs ``base_url`` pointing at a served endpoint (vLLM, SGLang, …).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.limiter import EndpointLimits, Heartbeat, cluster_permit_source, lookup_limiter, start_limiter
+from synth.llm.accounting import UsageSnapshot
+from synth.llm.config import LLMConfig
+from synth.spec import RunSpec
+
+EMBEDDED = "embedded"
+
+
+def endpoint_configs(spec: RunSpec) -> list[LLMConfig]:
+    """The LLM configs a run uses: ``llm``, and ``judge_llm`` if it is set."""
+    return [spec.llm] if spec.judge_llm is None else [spec.llm, spec.judge_llm]
+
+
+class RunEndpoints:
+    """The driver's view of a run's LLM endpoints; a context manager (see the module docstring)."""
+
+    def __init__(self, spec: RunSpec, *, run_id: str, needed: bool) -> None:
+        self._spec = spec
+        self._run_id = run_id
+        self._needed = needed
+        self._embedded: Any = None
+        self._limiters: dict[str, tuple[str, Any]] = {}
+        self.spec = spec  # with embedded URLs resolved, once open
+
+    def open(self) -> RunEndpoints:
+        """Start the embedded endpoint if needed, then one limiter actor per URL."""
+        if not self._needed:
+            return self
+        if any(c.base_url == EMBEDDED for c in endpoint_configs(self._spec)):
+            from synth.llm.embedded import ensure_endpoint
+
+            cfg = next(c for c in endpoint_configs(self._spec) if c.base_url == EMBEDDED)
+            self._embedded = ensure_endpoint(
+                port=cfg.embedded_port,
+                continuous_batching=cfg.embedded_continuous_batching,
+                temperature=cfg.temperature,
+            )
+            url = self._embedded.base_url
+            updates: dict[str, Any] = {}
+            if self._spec.llm.base_url == EMBEDDED:
+                updates["llm"] = self._spec.llm.model_copy(update={"base_url": url})
+            if self._spec.judge_llm is not None and self._spec.judge_llm.base_url == EMBEDDED:
+                updates["judge_llm"] = self._spec.judge_llm.model_copy(update={"base_url": url})
+            self.spec = self._spec.model_copy(update=updates)
+        by_url: dict[str, list[LLMConfig]] = {}
+        for cfg in endpoint_configs(self.spec):
+            by_url.setdefault(cfg.base_url, []).append(cfg)
+        session = uuid.uuid4().hex[:8]
+        for url, configs in by_url.items():
+            name = f"limiter-{self._run_id}-{hashlib.sha256(url.encode()).hexdigest()[:8]}-{session}"
+            self._limiters[url] = (name, start_limiter(EndpointLimits.combine(configs), name=name))
+        return self
+
+    @property
+    def limiters(self) -> Mapping[str, str]:
+        """Limiter actor name per endpoint URL (workers look the actors up by name)."""
+        return {url: name for url, (name, _) in self._limiters.items()}
+
+    @property
+    def embedded_url(self) -> str | None:
+        return self._embedded.base_url if self._embedded is not None else None
+
+    def limiter_stats(self) -> dict[str, Any]:
+        import ray
+
+        return {url: ray.get(actor.stats.remote()) for url, (_, actor) in self._limiters.items()}
+
+    def close(self) -> None:
+        import ray
+
+        for _, actor in self._limiters.values():
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.kill(actor, no_restart=True)
+        self._limiters.clear()
+        if self._embedded is not None:
+            self._embedded.stop()  # a no-op unless this run started it
+            self._embedded = None
+
+    def __enter__(self) -> RunEndpoints:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class UnavailableLLM:
+    """The LLM of a session whose stages all declared ``uses_llm = False``: any call is an error."""
+
+    @property
+    def model_name(self) -> str:
+        return "none"
+
+    async def complete(self, messages: list[Any], schema: Any = None, **kwargs: Any) -> Any:
+        from synth.llm.base import LLMConnectionError
+
+        raise LLMConnectionError(
+            "no LLM endpoint was started: every stage of this session declared uses_llm = False"
+        )
+
+
+@dataclass
+class WorkerLLMs:
+    """The LLM side of one worker's stage context."""
+
+    llm: Any
+    judge_llm: Any
+    usage: Any
+    clients: list[Any] = field(default_factory=list)
+    permit_sources: list[Any] = field(default_factory=list)
+    heartbeats: list[Heartbeat] = field(default_factory=list)
+
+    def snapshot(self) -> UsageSnapshot:
+        """Cumulative usage of this worker process (the driver merges these exactly)."""
+        return self.usage.snapshot()
+
+    async def aclose(self) -> None:
+        for hb in self.heartbeats:
+            hb.stop()
+        for src in self.permit_sources:
+            await src.aclose()
+        for client in self.clients:
+            await client.aclose()
+
+
+def open_worker_llms(
+    spec: RunSpec, run_dir: Path, limiters: Mapping[str, str], *, client_id: str
+) -> WorkerLLMs:
+    """LLM clients for one worker process (call inside its event loop)."""
+    from synth.llm.accounting import UsageTracker
+    from synth.llm.cache import RequestCache
+    from synth.llm.client import LLMClient
+
+    cache = RequestCache(run_dir / "cache" / "llm")
+    usage = UsageTracker(price=spec.llm.price)
+    out = WorkerLLMs(llm=None, judge_llm=None, usage=usage)
+    sources: dict[str, Any] = {}
+    for url, name in limiters.items():
+        actor = lookup_limiter(name)
+        sources[url] = cluster_permit_source(actor, f"{client_id}:{url}")
+        out.permit_sources.append(sources[url])
+        out.heartbeats.append(Heartbeat(actor, f"{client_id}:{url}").start())
+
+    def client(cfg: LLMConfig) -> Any:
+        c = LLMClient(cfg, limiter=sources.get(cfg.base_url), cache=cache, usage=usage)
+        out.clients.append(c)
+        return c
+
+    out.llm = client(spec.llm)
+    out.judge_llm = (
+        out.llm if spec.judge_llm is None or spec.judge_llm == spec.llm else client(spec.judge_llm)
+    )
+    return out

@@ -1,0 +1,216 @@
+"""``agentcpt run SPEC [--run-id ID] [--ray-address ADDR]``: one session of a run, start to finish.
+
+A session, top to bottom:
+
+1. load and check the spec (bad input → ``SpecError``, exit 2), pick the run id (new:
+   ``<name>-<UTC yyyymmdd-HHMMSS>-<4 hex>``; given: resume it, or start it under that id);
+2. prepare ``output_dir/<run_id>``: save ``spec.yaml``, or check the stored one allows this
+   spec (``pipelines.rundirs``); status ``running``;
+3. join Ray (local by default); end any worker a killed earlier session left behind
+   (``pipelines.fence``), then delete its orphan files; start the LLM endpoints' limiters
+   (and the embedded endpoint if the spec asks for it); start the worker pool; run the
+   scheduler (``pipelines.scheduler``);
+4. status ``succeeded`` / ``failed`` / ``cancelled``; compact the manifest; print where the
+   shards are and the stats table.
+
+Exit codes: 0 the run succeeded, 1 it failed or was cancelled, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from pipelines.cluster import WorkerPool, cluster_cpus, ray_session
+from pipelines.fence import fence_previous_sessions
+from pipelines.llm_setup import RunEndpoints
+from pipelines.progress import ProgressBoard, ProgressDisplay, default_display
+from pipelines.rundirs import new_run_id, prepare_run_dir
+from pipelines.scheduler import RunOutcome, Scheduler
+from pipelines.worker import WorkerJob
+from synth.records import STAGES
+from synth.runstate import RunDir
+from synth.shards import ShardStore
+from synth.spec import RunSpec, check_inputs, load_spec, validate_run_id
+from synth.stage import Stage
+
+
+class Terminated(Exception):
+    """SIGTERM reached the driver: stop like a cancellation."""
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    run_id: str
+    run_dir: Path
+    outcome: RunOutcome
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.outcome.state == "succeeded" else 1
+
+
+def registry_stages(spec: RunSpec) -> dict[str, Stage]:
+    """The real stage of every enabled stage (imports only those modules)."""
+    from synth.registry import get_stage
+
+    return {name: get_stage(name) for name in spec.stages.enabled()}
+
+
+def stage_uses_llm(stage: Stage) -> bool:
+    """Whether a stage may call an LLM. Stages say otherwise with ``uses_llm = False`` (default: yes)."""
+    return bool(getattr(stage, "uses_llm", True))
+
+
+def run_command(spec: str, run_id: str | None = None, ray_address: str | None = None) -> int:
+    """The ``agentcpt run`` entry point: 0 succeeded, 1 failed or cancelled (bad input raises SpecError)."""
+    loaded = load_spec(spec)
+    with _sigterm_as_exception():
+        result = run_session(loaded, run_id=run_id, ray_address=ray_address, base_dir=Path.cwd())
+    return result.exit_code
+
+
+def run_session(
+    spec: RunSpec,
+    *,
+    run_id: str | None = None,
+    ray_address: str | None = None,
+    base_dir: Path | None = None,
+    stages: Mapping[str, Stage] | None = None,
+    display: ProgressDisplay | None = None,
+    out: IO[str] | None = None,
+    max_workers: int | None = None,
+    print_summary: bool = True,
+) -> SessionResult:
+    """Run (or resume) one run to the end; see the module docstring.
+
+    ``stages`` replaces the registry's stages (tests); ``max_workers`` caps the worker
+    actors (default: one per CPU of the cluster).
+    """
+    out = out or sys.stdout
+    base_dir = (base_dir or Path.cwd()).resolve()
+    check_inputs(spec, base_dir)
+    run_id = validate_run_id(run_id) if run_id else new_run_id(spec.name)
+    run_dir = (base_dir / spec.output_dir / run_id).resolve()
+    resuming = prepare_run_dir(run_dir, spec)
+    stage_map = dict(stages) if stages is not None else registry_stages(spec)
+    enabled = [s for s in STAGES if s in spec.stages.enabled()]
+    missing = [s for s in enabled if s not in stage_map]
+    if missing:
+        raise ValueError(f"stages {missing} are enabled in the spec but were not given an implementation")
+
+    rd = RunDir(run_dir)
+    store = ShardStore(run_dir)
+    session = uuid.uuid4().hex[:8]
+    rd.clear_cancel()
+    status = rd.mark("running")
+    status.name = spec.name
+    rd.write_status(status)
+    print(f"{'resuming' if resuming else 'starting'} run {run_id} in {run_dir}", file=out, flush=True)
+    board: ProgressBoard | None = None
+    outcome = RunOutcome("failed", "the session ended before the scheduler finished")
+    try:
+        with ray_session(ray_address or spec.execution.ray_address) as address:
+            status.ray_address = address
+            rd.write_status(status)
+            # No worker of a killed earlier session may write while orphans are removed.
+            ended = fence_previous_sessions(run_dir, session)
+            removed = store.cleanup_orphans()
+            if ended or removed:
+                print(
+                    f"ended {ended} workers of earlier sessions, removed {len(removed)} orphan files",
+                    file=out,
+                )
+            board = ProgressBoard(rd, enabled, display or default_display(enabled, out))
+            needs_llm = any(stage_uses_llm(stage_map[s]) for s in enabled if not _stage_done(run_dir, s))
+            with RunEndpoints(spec, run_id=run_id, needed=needs_llm) as endpoints:
+                if endpoints.embedded_url:
+                    board.message(f"embedded LLM endpoint at {endpoints.embedded_url}")
+                job = WorkerJob(
+                    run_id=run_id,
+                    run_dir=str(run_dir),
+                    base_dir=str(base_dir),
+                    spec=endpoints.spec,
+                    stages=stage_map,
+                    limiters=endpoints.limiters,
+                    needs_llm=needs_llm,
+                    session=session,
+                )
+                pool = WorkerPool(job, max_actors=max_workers)
+                try:
+                    scheduler = Scheduler(
+                        spec=spec,
+                        run_dir=run_dir,
+                        stages=stage_map,
+                        pool=pool,
+                        board=board,
+                        max_in_flight=spec.execution.max_units_in_flight or 2 * cluster_cpus(),
+                    )
+                    outcome = scheduler.run()
+                finally:
+                    pool.close()
+    except (KeyboardInterrupt, Terminated):
+        outcome = RunOutcome("cancelled", "interrupted")
+        raise
+    except Exception as err:
+        outcome = RunOutcome("failed", f"{type(err).__name__}: {err}")
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        if board is not None:
+            board.close()
+        if outcome.state == "succeeded":
+            store.cleanup_orphans()  # temp files of attempts Ray retried; nothing is writing now
+        store.compact_manifest()
+        rd.mark(outcome.state, outcome.error)
+    _report(run_id, run_dir, outcome, out, print_summary)
+    return SessionResult(run_id=run_id, run_dir=run_dir, outcome=outcome)
+
+
+def _stage_done(run_dir: Path, stage: str) -> bool:
+    """Cheap check used to skip starting LLM endpoints for a run whose LLM stages are all done."""
+    from pipelines.units import read_plan
+
+    plan = read_plan(run_dir, stage)
+    return (
+        plan is not None and plan.complete and set(plan.units) <= ShardStore(run_dir).committed_units(stage)
+    )
+
+
+def _report(run_id: str, run_dir: Path, outcome: RunOutcome, out: IO[str], print_summary: bool) -> None:
+    verdict = {"succeeded": "succeeded", "failed": "FAILED", "cancelled": "cancelled"}[outcome.state]
+    print(f"run {run_id} {verdict}" + (f": {outcome.error}" if outcome.error else ""), file=out)
+    print(f"shards: {run_dir / 'shards'}  (manifest: {run_dir / 'manifest.parquet'})", file=out, flush=True)
+    if print_summary:
+        from synth.catalog import print_stats
+
+        print_stats(run_dir, file=out)
+    if outcome.state != "succeeded":
+        print(f"resume with: agentcpt run <spec> --run-id {run_id}", file=out, flush=True)
+
+
+@contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` so the run is marked cancelled and workers are stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Terminated:
+        print("agentcpt: terminated; the run is marked cancelled", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,1 @@
+"""Ingest for the documents stage: input readers (HTML, WARC, JSONL) and text extraction."""

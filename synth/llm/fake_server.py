@@ -1,0 +1,713 @@
+"""A fake OpenAI-compatible chat-completions server, for tests and benchmarks.
+
+It serves ``GET /v1/models`` and ``POST /v1/chat/completions`` with a fixed latency, can
+inject faults (429 with Retry-After, 500, replies slower than any client timeout, truncated
+JSON bodies, bodies cut short mid-stream, dropped connections, unparseable content), and
+counts what it saw server-side (``GET /_stats``: requests received, requests in flight and
+their peak, faults injected by kind; ``POST /_reset`` zeroes them).
+
+Run it in a separate process (the default: a benchmark's client and server then do not share
+a GIL) or in a thread of the calling process::
+
+    with FakeOpenAIServer(FakeServerConfig(latency_s=0.2)) as server:
+        client = LLMClient(LLMConfig(base_url=server.base_url, model="fake"))
+        ...
+        assert server.stats().peak_in_flight <= 64
+
+Reply content comes from a *responder*, named as an importable ``"module:function"``
+string so that it works across processes (the child gets the parent's ``sys.path``, so a
+function in a test module works too). It receives the request body (a dict) and
+returns the reply text (a ``str``) or a JSON-able object (sent as its JSON text). The default,
+``schema_responder``, returns a valid instance of the request's ``response_format``
+JSON schema, deterministic for the same messages, or a short deterministic text.
+
+Faults are chosen per request, first match wins:
+
+1. a ``[[fault:KIND]]`` marker anywhere in the messages: that request always fails so;
+2. ``faults.schedule[i]`` for the i-th request the server receives (0-based);
+3. ``faults.per_request[k]`` for the k-th attempt of each distinct request (same messages):
+   e.g. ``["rate_limit", "server_error"]`` fails every request's first two attempts;
+4. ``faults.rates``: an independent probability per kind (seeded).
+
+Run as a module for a standalone server: ``python -m synth.llm.fake_server --port 8099``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import json
+import math
+import os
+import random
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from types import TracebackType
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FaultKind = Literal["rate_limit", "server_error", "slow", "truncated", "cut", "drop", "garbage"]
+"""``rate_limit``: 429 with Retry-After. ``server_error``: 500. ``slow``: answer after
+``slow_s`` (past the client's timeout). ``truncated``: a 200 whose JSON body is cut in half
+(valid HTTP framing). ``cut``: Content-Length promises more than is sent, then the connection
+closes. ``drop``: the connection closes without any response. ``garbage``: a well-formed
+completion whose content is not JSON (tests the invalid-output path)."""
+
+FAULT_KINDS: tuple[str, ...] = ("rate_limit", "server_error", "slow", "truncated", "cut", "drop", "garbage")
+DEFAULT_RESPONDER = "synth.llm.fake_server:schema_responder"
+
+
+class FaultPlan(BaseModel):
+    """Which requests fail, and how; see the module docstring for the precedence."""
+
+    model_config = ConfigDict(extra="forbid")
+    rates: dict[FaultKind, float] = Field(
+        default_factory=dict, description="probability per request, per kind"
+    )
+    schedule: list[FaultKind | None] = Field(
+        default_factory=list, description="fault of the i-th request received"
+    )
+    per_request: list[FaultKind | None] = Field(
+        default_factory=list, description="fault of the k-th attempt of each distinct request (by messages)"
+    )
+
+
+class FakeServerConfig(BaseModel):
+    """How the fake server behaves."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("fake-model", description="the one model id /v1/models lists")
+    latency_s: float = Field(0.0, ge=0, description="fixed delay before every reply")
+    responder: str = Field(DEFAULT_RESPONDER, description="'module:function' producing reply content")
+    faults: FaultPlan = Field(default_factory=FaultPlan, description="fault injection")
+    retry_after_s: float | None = Field(
+        1.0, ge=0, description="Retry-After header of 429 replies; null = none"
+    )
+    slow_s: float = Field(30.0, ge=0, description="delay of 'slow' replies")
+    seed: int = Field(0, description="seed of the fault dice")
+
+
+class ServerStats(BaseModel):
+    """Server-side counters (``GET /_stats``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests: int = Field(0, description="chat-completion requests received")
+    completed: int = Field(0, description="requests answered 200 with a full body")
+    in_flight: int = Field(0, description="requests received and not yet answered or abandoned")
+    peak_in_flight: int = Field(0, description="highest in_flight seen")
+    faults: dict[str, int] = Field(default_factory=dict, description="faults injected, by kind")
+    distinct_requests: int = Field(0, description="distinct message lists seen")
+
+
+# --------------------------------------------------------------------------------------
+# Responders
+# --------------------------------------------------------------------------------------
+
+Responder = Callable[[dict[str, Any]], Any]
+
+_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+    "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+).split()
+
+
+def messages_digest(messages: Any) -> str:
+    """A stable hex digest of a message list (the responder seed and the per-request key)."""
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def schema_responder(body: dict[str, Any]) -> Any:
+    """A valid instance of the request's json_schema, or a short text; deterministic per messages."""
+    rng = random.Random(messages_digest(body.get("messages")))
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        return SchemaInstanceGenerator(schema, rng).generate()
+    if fmt.get("type") == "json_object":
+        return {"reply": _text(rng, 3, 8)}
+    return "Reply " + _text(rng, 4, 10) + "."
+
+
+def echo_responder(body: dict[str, Any]) -> str:
+    """The last message's content, unchanged (handy for transport tests)."""
+    messages = body.get("messages") or [{}]
+    return str(messages[-1].get("content", ""))
+
+
+def _text(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+class SchemaInstanceGenerator:
+    """Builds a value that validates against a JSON schema (the subset pydantic emits).
+
+    Handles ``$ref``/``$defs``, ``anyOf``/``oneOf``/``allOf``, ``enum``, ``const``, objects
+    (all properties, ``additionalProperties``), arrays (``minItems``/``maxItems``, tuples via
+    ``prefixItems``), strings (``minLength``/``maxLength``, formats date-time/date/time/duration/uri/email/uuid/ipv4),
+    integers and numbers (inclusive and exclusive bounds, ``multipleOf``), booleans, null.
+    ``pattern`` is not solved: such strings may not match.
+    """
+
+    def __init__(self, schema: dict[str, Any], rng: random.Random, max_depth: int = 8) -> None:
+        self.root = schema
+        self.rng = rng
+        self.max_depth = max_depth
+
+    def generate(self) -> Any:
+        return self.value(self.root, 0)
+
+    def _resolve(self, ref: str) -> dict[str, Any]:
+        if not ref.startswith("#/"):
+            raise ValueError(f"only local $ref are supported, got {ref!r}")
+        node: Any = self.root
+        for part in ref[2:].split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        return node
+
+    def value(self, schema: dict[str, Any] | bool, depth: int) -> Any:
+        if schema is True or schema == {}:
+            return _text(self.rng, 1, 3)
+        if not isinstance(schema, dict):
+            raise ValueError("schema false cannot be satisfied")
+        if "$ref" in schema:
+            merged = {**self._resolve(schema["$ref"]), **{k: v for k, v in schema.items() if k != "$ref"}}
+            return self.value(merged, depth)
+        if "const" in schema:
+            return schema["const"]
+        if "enum" in schema:
+            return self.rng.choice(schema["enum"])
+        if "allOf" in schema:
+            merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+            for part in schema["allOf"]:
+                part = self._resolve(part["$ref"]) if "$ref" in part else part
+                merged = _merge_schemas(merged, part)
+            return self.value(merged, depth)
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                options = [o for o in schema[key] if o.get("type") != "null"] or schema[key]
+                # Deep in recursion, prefer null (if allowed) so recursive models terminate.
+                if depth >= self.max_depth and any(o.get("type") == "null" for o in schema[key]):
+                    return None
+                return self.value(self.rng.choice(options), depth + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kinds = [k for k in kind if k != "null"] or kind
+            kind = self.rng.choice(kinds)
+        if kind is None:
+            kind = "object" if "properties" in schema else "string"
+        return getattr(self, f"_{kind}")(schema, depth)
+
+    def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
+        props: dict[str, Any] = schema.get("properties", {})
+        required = set(schema.get("required", []))
+        out: dict[str, Any] = {}
+        for name, sub in props.items():
+            # Optional fields are filled too, except deep in recursion.
+            if name in required or depth < self.max_depth:
+                out[name] = self.value(sub, depth + 1)
+        extra = schema.get("additionalProperties")
+        n_extra = max(int(schema.get("minProperties", 0)) - len(out), 0)
+        if isinstance(extra, dict) and not props:
+            n_extra = max(n_extra, self.rng.randint(1, 2) if depth < self.max_depth else 0)
+        for i in range(n_extra):
+            out[f"key_{i}"] = self.value(extra if isinstance(extra, dict) else {}, depth + 1)
+        return out
+
+    def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
+        prefix = schema.get("prefixItems") or []
+        lo = int(schema.get("minItems", 0))
+        hi = int(schema.get("maxItems", max(lo, 3)))
+        n = max(lo, min(hi, self.rng.randint(1, 3) if depth < self.max_depth else lo))
+        n = max(n, len(prefix)) if schema.get("items") is not False else len(prefix)
+        item_schema = schema.get("items", {})
+        out = [self.value(prefix[i], depth + 1) for i in range(min(n, len(prefix)))]
+        out += [self.value(item_schema, depth + 1) for _ in range(n - len(out))]
+        if schema.get("uniqueItems"):
+            seen: list[Any] = []
+            for v in out:
+                if v not in seen:
+                    seen.append(v)
+            out = seen
+        return out
+
+    def _string(self, schema: dict[str, Any], depth: int) -> str:
+        fmt = schema.get("format")
+        if fmt == "date-time":
+            return f"2024-0{self.rng.randint(1, 9)}-1{self.rng.randint(0, 9)}T12:00:00Z"
+        if fmt == "date":
+            return f"2024-0{self.rng.randint(1, 9)}-1{self.rng.randint(0, 9)}"
+        if fmt in ("uri", "url"):
+            return f"https://example.org/{self.rng.choice(_WORDS)}"
+        if fmt == "email":
+            return f"{self.rng.choice(_WORDS)}@example.org"
+        if fmt == "uuid":
+            return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        if fmt == "time":
+            return f"1{self.rng.randint(0, 9)}:30:00"
+        if fmt == "duration":
+            return f"PT{self.rng.randint(1, 59)}M"
+        if fmt == "ipv4":
+            return f"10.0.0.{self.rng.randint(1, 254)}"
+        lo = int(schema.get("minLength", 0))
+        hi = int(schema.get("maxLength", max(lo, 80)))
+        text = _text(self.rng, 2, 6)
+        while len(text) < lo:
+            text += " " + self.rng.choice(_WORDS)
+        text = text[:hi].rstrip() if hi >= 1 else ""
+        while len(text) < lo:  # rstrip may have cut below the minimum
+            text += self.rng.choice(string.ascii_lowercase)
+        return text
+
+    def _integer(self, schema: dict[str, Any], depth: int) -> int:
+        lo, hi = _bounds(schema, integer=True)
+        step = int(schema.get("multipleOf", 1)) or 1
+        first = -(-lo // step) * step
+        if first > hi:
+            raise ValueError(f"no multiple of {step} in [{lo}, {hi}]")
+        return first + step * self.rng.randint(0, (hi - first) // step)
+
+    def _number(self, schema: dict[str, Any], depth: int) -> float:
+        if "multipleOf" in schema:
+            return self._multiple(schema)
+        lo, hi = _bounds(schema, integer=False)
+        return round(self.rng.uniform(lo, hi), 3) if hi > lo else float(lo)
+
+    def _multiple(self, schema: dict[str, Any]) -> float:
+        step = float(schema["multipleOf"])
+        lo, hi = _bounds(schema, integer=False)
+        k_lo, k_hi = int(-(-lo // step)), int(hi // step)
+        return step * self.rng.randint(k_lo, max(k_lo, k_hi))
+
+    def _boolean(self, schema: dict[str, Any], depth: int) -> bool:
+        return self.rng.random() < 0.5
+
+    def _null(self, schema: dict[str, Any], depth: int) -> None:
+        return None
+
+
+def _bounds(schema: dict[str, Any], *, integer: bool) -> tuple[Any, Any]:
+    eps = 1 if integer else 1e-3
+    lo = schema.get("minimum", schema["exclusiveMinimum"] + eps if "exclusiveMinimum" in schema else None)
+    hi = schema.get("maximum", schema["exclusiveMaximum"] - eps if "exclusiveMaximum" in schema else None)
+    if lo is None and hi is None:
+        lo, hi = 0, 100
+    elif lo is None:
+        lo = hi - 100
+    elif hi is None:
+        hi = lo + 100
+    if integer:
+        return math.ceil(lo), math.floor(hi)
+    return float(lo), float(hi)
+
+
+def _merge_schemas(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = {**a, **b}
+    if "properties" in a or "properties" in b:
+        out["properties"] = {**a.get("properties", {}), **b.get("properties", {})}
+        out["required"] = sorted(set(a.get("required", [])) | set(b.get("required", [])))
+    return out
+
+
+def load_responder(spec: str) -> Responder:
+    """Import ``"module:function"``."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"responder must be 'module:function', got {spec!r}")
+    func = getattr(importlib.import_module(module), name)
+    if not callable(func):
+        raise ValueError(f"responder {spec!r} is not callable")
+    return func
+
+
+# --------------------------------------------------------------------------------------
+# The server (aiohttp)
+# --------------------------------------------------------------------------------------
+
+_MARKER = "[[fault:"
+
+
+class _FakeApp:
+    """Request handling and counters; one instance per server."""
+
+    def __init__(self, config: FakeServerConfig, responder: Responder | None = None) -> None:
+        self.config = config
+        self.responder = responder or load_responder(config.responder)
+        self.rng = random.Random(config.seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.completed = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.faults: Counter[str] = Counter()
+        self.attempts: Counter[str] = Counter()
+
+    def stats(self) -> ServerStats:
+        return ServerStats(
+            requests=self.requests,
+            completed=self.completed,
+            in_flight=self.in_flight,
+            peak_in_flight=self.peak_in_flight,
+            faults=dict(self.faults),
+            distinct_requests=len(self.attempts),
+        )
+
+    def choose_fault(self, index: int, body: dict[str, Any], key: str) -> str | None:
+        text = json.dumps(body.get("messages"), ensure_ascii=False)
+        pos = text.find(_MARKER)
+        if pos >= 0:
+            kind = text[pos + len(_MARKER) :].split("]]", 1)[0]
+            if kind in FAULT_KINDS:
+                return kind
+        plan = self.config.faults
+        if index < len(plan.schedule) and plan.schedule[index] is not None:
+            return plan.schedule[index]
+        attempt = self.attempts[key] - 1
+        if attempt < len(plan.per_request) and plan.per_request[attempt] is not None:
+            return plan.per_request[attempt]
+        for kind, p in plan.rates.items():
+            if self.rng.random() < p:
+                return kind
+        return None
+
+    async def handle_models(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({"object": "list", "data": [{"id": self.config.model, "object": "model"}]})
+
+    async def handle_stats(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response(self.stats().model_dump())
+
+    async def handle_reset(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.reset()
+        return web.json_response({"ok": True})
+
+    async def handle_chat(self, request: Any) -> Any:
+        from aiohttp import web
+
+        index = self.requests
+        self.requests += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            try:
+                body = await request.json()
+            except ValueError:
+                return web.json_response({"error": {"message": "body is not JSON"}}, status=400)
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                return web.json_response({"error": {"message": "messages must be a list"}}, status=400)
+            key = messages_digest(body["messages"])
+            self.attempts[key] += 1
+            fault = self.choose_fault(index, body, key)
+            if fault is not None:
+                self.faults[fault] += 1
+            if self.config.latency_s:
+                await asyncio.sleep(self.config.latency_s)
+            if fault == "rate_limit":
+                headers = {}
+                if self.config.retry_after_s is not None:
+                    headers["Retry-After"] = f"{self.config.retry_after_s:g}"
+                return web.json_response(
+                    {"error": {"message": "rate limited", "type": "rate_limit"}}, status=429, headers=headers
+                )
+            if fault == "server_error":
+                return web.json_response({"error": {"message": "injected failure"}}, status=500)
+            if fault == "slow":
+                await asyncio.sleep(self.config.slow_s)
+            if fault == "drop":
+                request.transport.close()
+                raise asyncio.CancelledError  # nothing more to write; aiohttp tidies up
+            payload = self.completion(body, garbage=fault == "garbage")
+            raw = json.dumps(payload).encode()
+            if fault == "truncated":
+                return web.Response(body=raw[: len(raw) // 2], content_type="application/json")
+            if fault == "cut":
+                resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+                resp.content_length = len(raw)
+                await resp.prepare(request)
+                await resp.write(raw[: len(raw) // 2])
+                request.transport.close()
+                raise asyncio.CancelledError
+            self.completed += 1
+            return web.Response(body=raw, content_type="application/json")
+        finally:
+            self.in_flight -= 1
+
+    def completion(self, body: dict[str, Any], *, garbage: bool) -> dict[str, Any]:
+        if garbage:
+            content = "I cannot answer that in JSON, sorry."
+        else:
+            reply = self.responder(body)
+            content = reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in body["messages"] if isinstance(m, dict))
+        prompt_tokens = max(1, prompt_chars // 4)
+        completion_tokens = max(1, len(content) // 4)
+        return {
+            "id": f"chatcmpl-{self.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.config.model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def build(self) -> Any:
+        from aiohttp import web
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/models", self.handle_models)
+        app.router.add_post("/v1/chat/completions", self.handle_chat)
+        app.router.add_get("/_stats", self.handle_stats)
+        app.router.add_post("/_reset", self.handle_reset)
+        return app
+
+
+async def _serve(
+    config: FakeServerConfig,
+    host: str,
+    port: int,
+    started: Callable[[int], None],
+    responder: Responder | None = None,
+) -> Any:
+    """Start the aiohttp server; call ``started(port)``; return its runner (caller cleans up)."""
+    from aiohttp import web
+
+    app = _FakeApp(config, responder).build()
+    # handler_cancellation: a client that gives up (timeout) cancels its handler, so the
+    # in-flight counter measures requests a client is still waiting for.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    started(bound)
+    return runner
+
+
+# --------------------------------------------------------------------------------------
+# The handle tests use
+# --------------------------------------------------------------------------------------
+
+
+class FakeOpenAIServer:
+    """Run the fake server in a child process (default) or a thread; a context manager.
+
+    In thread mode, ``responder`` may be a callable instead of ``config.responder``.
+    ``base_url`` is ``http://127.0.0.1:PORT/v1``; ``stats()`` and ``reset()`` talk to the
+    server over HTTP, so they work the same in both modes. A child process exits when this
+    object stops it, and also when the parent dies (it watches its stdin).
+    """
+
+    def __init__(
+        self,
+        config: FakeServerConfig | None = None,
+        *,
+        mode: Literal["process", "thread"] = "process",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout_s: float = 30.0,
+        responder: Responder | None = None,
+    ) -> None:
+        if responder is not None and mode != "thread":
+            raise ValueError(
+                "a responder callable needs mode='thread'; name it in config.responder otherwise"
+            )
+        self.config = config or FakeServerConfig()
+        self._responder = responder
+        self.mode = mode
+        self.host = host
+        self.port = port
+        self.startup_timeout_s = startup_timeout_s
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FakeOpenAIServer:
+        if self.mode == "process":
+            self._start_process()
+        else:
+            self._start_thread()
+        return self
+
+    def _start_process(self) -> None:
+        argv = [
+            sys.executable, "-m", "synth.llm.fake_server", "--host", self.host, "--port", str(self.port),
+            "--config-json", self.config.model_dump_json(), "--watch-stdin",
+        ]  # fmt: skip
+        # stderr goes to a file, not a pipe: an unread pipe fills up and blocks the server.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        # The child sees our import path, so a responder defined in a test module (which
+        # pytest put on sys.path) imports there too.
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        self._proc = subprocess.Popen(  # noqa: S603 (argv we built)
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env
+        )
+        line = _readline_with_timeout(self._proc, self.startup_timeout_s)
+        if not line.startswith("PORT "):
+            tail = self.stderr_tail()
+            self.stop()
+            raise RuntimeError(f"fake server did not start: {line!r}; stderr: {tail}")
+        self.port = int(line.split()[1])
+
+    def stderr_tail(self, chars: int = 2000) -> str:
+        """The end of the child process's stderr (process mode)."""
+        if self._stderr is None or self._stderr.closed:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read()[-chars:]
+
+    def _start_thread(self) -> None:
+        ready = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._stop_event = asyncio.Event()
+
+            def started(port: int) -> None:
+                self.port = port
+                ready.set()
+
+            async def main() -> None:
+                runner = await _serve(self.config, self.host, self.port, started, self._responder)
+                try:
+                    assert self._stop_event is not None
+                    await self._stop_event.wait()
+                finally:
+                    await runner.cleanup()
+
+            try:
+                loop.run_until_complete(main())
+            except BaseException as err:  # noqa: BLE001 (reported to the starting thread)
+                error.append(err)
+                ready.set()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(self.startup_timeout_s) or error:
+            raise RuntimeError(f"fake server thread did not start: {error[0] if error else 'timeout'}")
+
+    def stop(self) -> None:
+        """Stop the server; idempotent."""
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()  # the child exits on stdin EOF
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+            if self._stderr is not None:
+                self._stderr.close()
+                self._stderr = None
+        if self._thread is not None and self._loop is not None and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def stats(self) -> ServerStats:
+        """Server-side counters (blocking HTTP call; fine from a test)."""
+        with urllib.request.urlopen(self.root_url + "/_stats", timeout=10) as resp:  # noqa: S310
+            return ServerStats.model_validate_json(resp.read())
+
+    def reset(self) -> None:
+        """Zero the counters (attempt counts per request included)."""
+        req = urllib.request.Request(self.root_url + "/_reset", data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            resp.read()
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _readline_with_timeout(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(proc.stdout.readline() if proc.stdout else ""))
+    reader.daemon = True
+    reader.start()
+    reader.join(timeout_s)
+    if not result:
+        return "(timeout waiting for the fake server)"
+    if not result[0]:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        return f"(exited with code {proc.returncode})"
+    return result[0].strip()
+
+
+async def _main_async(config: FakeServerConfig, host: str, port: int, watch_stdin: bool) -> None:
+    def started(bound: int) -> None:
+        print(f"PORT {bound}", flush=True)
+
+    runner = await _serve(config, host, port, started)
+    try:
+        if watch_stdin:
+            # Exit when the parent closes our stdin, or dies: no orphaned servers.
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        else:
+            await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="fake OpenAI-compatible server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--config-json", default="{}", help="FakeServerConfig as JSON")
+    parser.add_argument("--watch-stdin", action="store_true", help="exit on stdin EOF")
+    args = parser.parse_args(argv)
+    config = FakeServerConfig.model_validate_json(args.config_json)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main_async(config, args.host, args.port, args.watch_stdin))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The cluster limiter: batched leases, a global ceiling across clients, long polls, dead clients."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pipelines.limiter import (
+    ClusterLimiter,
+    ClusterPermitSource,
+    EndpointLimits,
+    cluster_permit_source,
+    start_limiter,
+)
+from synth.llm.config import LLMConfig
+from synth.llm.limits import Grant, Permit, PermitResult
+
+
+def in_process(limiter: ClusterLimiter, client_id: str, **kwargs: Any) -> ClusterPermitSource:
+    """A worker-side permit source trading with ``limiter`` directly (no Ray)."""
+
+    async def exchange(reports: list[tuple[Permit, PermitResult]], n: int, tokens: int, wait: bool) -> Grant:
+        return await limiter.exchange(client_id, reports, n, tokens, wait)
+
+    return ClusterPermitSource(exchange, **kwargs)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_endpoint_limits_take_the_tightest_of_configs_sharing_a_url() -> None:
+    a = LLMConfig(base_url="http://x/v1", max_concurrency=64, requests_per_minute=600)
+    b = LLMConfig(base_url="http://x/v1", max_concurrency=16, tokens_per_minute=10_000)
+    limits = EndpointLimits.combine([a, b])
+    assert limits == EndpointLimits(max_concurrency=16, requests_per_minute=600, tokens_per_minute=10_000)
+
+
+def test_one_lease_call_hands_out_a_whole_batch() -> None:
+    async def scenario() -> tuple[Grant, Any]:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=64))
+        grant = await limiter.lease("w1", 16, 100)
+        return grant, limiter.stats()
+
+    grant, stats = asyncio.run(scenario())
+    assert len(grant.permits) == 16
+    assert stats.lease_calls == 1 and stats.in_flight == 16
+
+
+def test_two_workers_together_never_exceed_the_ceiling_and_lease_in_batches() -> None:
+    ceiling = 8
+    requests_per_worker = 200
+
+    async def scenario() -> tuple[int, Any]:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=ceiling), long_poll_s=0.2)
+        in_use = 0
+        peak = 0
+
+        async def request(source: ClusterPermitSource) -> None:
+            nonlocal in_use, peak
+            permit = await source.acquire(10)
+            in_use += 1
+            peak = max(peak, in_use)
+            await asyncio.sleep(0.002)
+            in_use -= 1
+            source.release(permit, PermitResult.ok(10))
+
+        sources = [in_process(limiter, f"w{i}", batch_size=4) for i in range(2)]
+        await asyncio.gather(*(request(s) for s in sources for _ in range(requests_per_worker)))
+        for s in sources:
+            await s.aclose()
+        return peak, limiter.stats()
+
+    peak, stats = asyncio.run(scenario())
+    assert peak <= ceiling
+    assert stats.peak_in_flight <= ceiling
+    assert stats.in_flight == 0  # everything came back
+    assert stats.permits_granted >= 2 * requests_per_worker
+    # Batching: far fewer round trips than requests.
+    assert stats.lease_calls < requests_per_worker
+
+
+def test_long_poll_lease_returns_as_soon_as_a_report_frees_capacity() -> None:
+    async def scenario() -> tuple[float, Grant]:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=1), long_poll_s=5.0)
+        first = await limiter.lease("a", 1)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        waiting = asyncio.create_task(limiter.lease("b", 1))
+        await asyncio.sleep(0.05)
+        await limiter.report("a", [(first.permits[0], PermitResult.ok())])
+        grant = await waiting
+        return loop.time() - t0, grant
+
+    elapsed, grant = asyncio.run(scenario())
+    assert len(grant.permits) == 1
+    assert elapsed < 1.0  # not the 5 s long-poll timeout
+
+
+def test_long_poll_gives_up_with_an_immediate_retry_hint() -> None:
+    async def scenario() -> Grant:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=1), long_poll_s=0.05)
+        await limiter.lease("a", 1)
+        return await limiter.lease("b", 1)
+
+    grant = asyncio.run(scenario())
+    assert grant.permits == () and grant.retry_in_s == 0.0
+
+
+def test_permits_of_a_client_that_stops_heartbeating_are_reclaimed() -> None:
+    clock = FakeClock()
+
+    async def scenario() -> tuple[Grant, Any]:
+        limiter = ClusterLimiter(
+            EndpointLimits(max_concurrency=4), client_ttl_s=10, long_poll_s=0.0, clock=clock
+        )
+        await limiter.lease("dead", 4)
+        clock.now += 5
+        limiter.heartbeat("alive")
+        blocked = await limiter.lease("alive", 1)
+        assert blocked.permits == ()
+        clock.now += 6  # "dead" silent for 11 s > ttl
+        return await limiter.lease("alive", 4), limiter.stats()
+
+    grant, stats = asyncio.run(scenario())
+    assert len(grant.permits) == 4
+    assert stats.reclaimed == 4
+
+
+def test_heartbeats_keep_a_slow_client_permits() -> None:
+    clock = FakeClock()
+
+    async def scenario() -> Any:
+        limiter = ClusterLimiter(
+            EndpointLimits(max_concurrency=2), client_ttl_s=10, long_poll_s=0.0, clock=clock
+        )
+        await limiter.lease("slow", 2)
+        for _ in range(5):
+            clock.now += 8
+            limiter.heartbeat("slow")
+            await limiter.lease("other", 1)
+        return limiter.stats()
+
+    stats = asyncio.run(scenario())
+    assert stats.reclaimed == 0 and stats.in_flight == 2
+
+
+def test_a_late_report_after_reclaim_does_not_free_capacity_twice() -> None:
+    clock = FakeClock()
+
+    async def scenario() -> Any:
+        limiter = ClusterLimiter(
+            EndpointLimits(max_concurrency=2), client_ttl_s=10, long_poll_s=0.0, clock=clock
+        )
+        grant = await limiter.lease("paused", 2)
+        clock.now += 11
+        await limiter.lease("other", 2)  # reclaims "paused", takes both
+        await limiter.report("paused", [(p, PermitResult.ok()) for p in grant.permits])
+        return limiter.stats()
+
+    stats = asyncio.run(scenario())
+    assert stats.in_flight == 2  # still held by "other"
+
+
+def test_forget_returns_a_stopped_workers_permits_at_once() -> None:
+    async def scenario() -> Any:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=3))
+        await limiter.lease("w", 3)
+        assert limiter.forget("w") == 3
+        return limiter.stats()
+
+    assert asyncio.run(scenario()).in_flight == 0
+
+
+def test_throttle_reports_shrink_the_shared_window_once_per_burst() -> None:
+    async def scenario() -> Any:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=16))
+        a = await limiter.lease("a", 8)
+        b = await limiter.lease("b", 8)
+        await limiter.report("a", [(p, PermitResult.throttled()) for p in a.permits])
+        await limiter.report("b", [(p, PermitResult.throttled()) for p in b.permits])
+        return limiter.stats()
+
+    stats = asyncio.run(scenario())
+    assert stats.limit == 8  # halved once, not 16 times
+    assert stats.throttled == 16
+
+
+def test_limiter_actor_serves_workers_through_ray(ray_cluster: Any) -> None:
+    import ray
+
+    actor = start_limiter(EndpointLimits(max_concurrency=4))
+
+    @ray.remote(num_cpus=0)
+    def use_permits(handle: Any, client: str, n: int) -> int:
+        async def go() -> int:
+            source = cluster_permit_source(handle, client, batch_size=2)
+            peak = 0
+            in_use = 0
+
+            async def one() -> None:
+                nonlocal peak, in_use
+                permit = await source.acquire()
+                in_use += 1
+                peak = max(peak, in_use)
+                await asyncio.sleep(0.01)
+                in_use -= 1
+                source.release(permit, PermitResult.ok())
+
+            await asyncio.gather(*(one() for _ in range(n)))
+            await source.aclose()
+            return peak
+
+        return asyncio.run(go())
+
+    try:
+        peaks = ray.get([use_permits.remote(actor, f"c{i}", 20) for i in range(2)])
+        stats = ray.get(actor.stats.remote())
+    finally:
+        ray.kill(actor, no_restart=True)
+    assert all(p >= 1 for p in peaks)
+    assert stats.peak_in_flight <= 4
+    assert stats.in_flight == 0
+    assert stats.permits_granted >= 40
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_lease_of_nothing_still_grants_at_least_one(n: int) -> None:
+    async def scenario() -> Grant:
+        return await ClusterLimiter(EndpointLimits(max_concurrency=2)).lease("a", n)
+
+    assert len(asyncio.run(scenario()).permits) == 1
+
+
+def test_a_finished_request_reports_and_leases_again_in_one_round_trip() -> None:
+    async def scenario() -> tuple[int, Any]:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=2), long_poll_s=1.0)
+        source = in_process(limiter, "w", batch_size=2)
+        a, b = await source.acquire(), await source.acquire()  # the window is now full
+        third = asyncio.create_task(source.acquire())
+        await asyncio.sleep(0.01)
+        trips = source.round_trips
+        source.release(a, PermitResult.ok())
+        await asyncio.wait_for(third, timeout=1.0)
+        trips = source.round_trips - trips
+        source.release(b, PermitResult.ok())
+        source.release(third.result(), PermitResult.ok())
+        await source.aclose()
+        return trips, limiter.stats()
+
+    trips, stats = asyncio.run(scenario())
+    assert trips <= 2  # (the empty poll while full, and) the report that brought the permit back
+    assert stats.in_flight == 0
+
+
+def test_permits_nobody_waits_for_go_back_to_the_cluster() -> None:
+    async def scenario() -> Any:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=8))
+        source = in_process(limiter, "w", batch_size=8, linger_s=0.05)
+        permits = await asyncio.gather(*(source.acquire() for _ in range(3)))
+        for p in permits:
+            source.release(p, PermitResult.ok())
+        await asyncio.sleep(0.3)
+        return limiter.stats()
+
+    assert asyncio.run(scenario()).in_flight == 0
+
+
+def test_a_cancelled_waiter_does_not_leak_its_permit() -> None:
+    async def scenario() -> Any:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=1), long_poll_s=0.05)
+        source = in_process(limiter, "w", linger_s=0.01)
+        held = await source.acquire()
+        waiting = asyncio.create_task(source.acquire())
+        await asyncio.sleep(0.02)
+        waiting.cancel()
+        source.release(held, PermitResult.ok())
+        await asyncio.sleep(0.2)
+        await source.aclose()
+        return limiter.stats()
+
+    assert asyncio.run(scenario()).in_flight == 0

@@ -1,0 +1,159 @@
+"""The fake OpenAI-compatible server: schema-valid replies, counters, fault selection, lifecycle."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+from synth.llm.client import response_format
+from synth.llm.fake_server import (
+    FakeOpenAIServer,
+    FakeServerConfig,
+    FaultPlan,
+    schema_responder,
+)
+
+
+class Action(BaseModel):
+    tool: Literal["search", "visit", "python"]
+    arguments: dict[str, str]
+
+
+class Step(BaseModel):
+    thought: str = Field(min_length=20, max_length=60)
+    action: Action | None = None
+
+
+class Options(BaseModel):
+    kind: Literal["alternatives"] = "alternatives"
+    steps: list[Step] = Field(min_length=3, max_length=5)
+    score: float = Field(ge=0.5, le=0.75)
+    rank: int = Field(gt=0, lt=3)
+    ratio: float = Field(multiple_of=0.25, ge=1, le=2)
+    tags: list[Literal["a", "b"]] = Field(min_length=1)
+    fallback: Action | str
+    note: str | None = None
+    pair: tuple[int, str]
+
+
+class Typed(BaseModel):
+    id: uuid.UUID
+    when: datetime.datetime
+    day: datetime.date
+    wait: datetime.timedelta
+    extra: dict[str, int] = Field(min_length=1)
+
+
+class Tree(BaseModel):
+    label: str
+    children: list[Tree] = Field(default_factory=list)
+
+
+def body_for(schema: type[BaseModel], text: str = "hello") -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], "response_format": response_format(schema)}
+
+
+@pytest.mark.parametrize("schema", [Action, Step, Options, Typed, Tree])
+def test_schema_responder_returns_a_valid_instance(schema: type[BaseModel]) -> None:
+    for i in range(20):
+        schema.model_validate(schema_responder(body_for(schema, f"question {i}")))
+
+
+def test_schema_responder_honours_array_min_length_and_required_fields() -> None:
+    value = schema_responder(body_for(Options))
+    assert 3 <= len(value["steps"]) <= 5
+    assert set(Options.model_json_schema()["required"]) <= set(value)
+
+
+def test_schema_responder_is_deterministic_per_messages_and_varies_across_them() -> None:
+    a = schema_responder(body_for(Options, "x"))
+    assert a == schema_responder(body_for(Options, "x"))
+    assert any(schema_responder(body_for(Options, f"y{i}")) != a for i in range(5))
+
+
+def test_schema_responder_without_a_schema_returns_short_text() -> None:
+    reply = schema_responder({"messages": [{"role": "user", "content": "hi"}]})
+    assert isinstance(reply, str) and 0 < len(reply) < 200
+
+
+def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_process_server_answers_models_and_chat_and_counts_requests() -> None:
+    with FakeOpenAIServer(FakeServerConfig(model="m1")) as server:
+        with urllib.request.urlopen(server.base_url + "/models", timeout=10) as resp:
+            assert json.loads(resp.read())["data"][0]["id"] == "m1"
+        status, _, raw = post(server.base_url + "/chat/completions", body_for(Action))
+        assert status == 200
+        reply = json.loads(raw)
+        Action.model_validate_json(reply["choices"][0]["message"]["content"])
+        assert reply["usage"]["completion_tokens"] > 0
+        stats = server.stats()
+        assert (stats.requests, stats.completed, stats.in_flight, stats.peak_in_flight) == (1, 1, 0, 1)
+        server.reset()
+        assert server.stats().requests == 0
+
+
+def test_fault_marker_beats_schedule_beats_per_request() -> None:
+    plan = FaultPlan(schedule=["server_error"], per_request=["rate_limit", None])
+    with FakeOpenAIServer(FakeServerConfig(faults=plan, retry_after_s=2), mode="thread") as server:
+        url = server.base_url + "/chat/completions"
+        assert post(url, body_for(Action, "a"))[0] == 500  # schedule[0]
+        status, headers, _ = post(url, body_for(Action, "b"))  # first attempt of "b"
+        assert status == 429 and headers["Retry-After"] == "2"
+        assert post(url, body_for(Action, "b"))[0] == 200  # second attempt of "b"
+        assert post(url, body_for(Action, "c [[fault:server_error]]"))[0] == 500
+        assert server.stats().faults == {"server_error": 2, "rate_limit": 1}
+
+
+def test_thread_mode_accepts_a_responder_callable() -> None:
+    with FakeOpenAIServer(mode="thread", responder=lambda body: {"echo": len(body["messages"])}) as server:
+        _, _, raw = post(server.base_url + "/chat/completions", body_for(Action))
+        assert json.loads(json.loads(raw)["choices"][0]["message"]["content"]) == {"echo": 1}
+
+
+def test_responder_callable_is_refused_in_process_mode() -> None:
+    with pytest.raises(ValueError, match="thread"):
+        FakeOpenAIServer(responder=lambda body: "x")
+
+
+def test_stopping_the_process_server_frees_its_port() -> None:
+    server = FakeOpenAIServer().start()
+    url = server.base_url + "/models"
+    server.stop()
+    server.stop()  # idempotent
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_a_bad_responder_makes_start_fail_with_the_childs_error() -> None:
+    with pytest.raises(RuntimeError, match="(?s)did not start.*no_such_module"):
+        FakeOpenAIServer(FakeServerConfig(responder="no_such_module:f")).start()
+
+
+def shouting_responder(body: dict[str, Any]) -> str:
+    return str(body["messages"][-1]["content"]).upper()
+
+
+def test_a_responder_defined_in_a_test_module_works_in_process_mode() -> None:
+    config = FakeServerConfig(responder=f"{__name__}:shouting_responder")
+    with FakeOpenAIServer(config) as server:
+        _, _, raw = post(
+            server.base_url + "/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}
+        )
+    assert json.loads(raw)["choices"][0]["message"]["content"] == "HI"
