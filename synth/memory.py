@@ -46,6 +46,11 @@ class MemoryConfig(BaseModel):
     max_tokens: PositiveInt | None = Field(
         None, description="completion cap per chunk; null = the llm block's max_tokens"
     )
+    max_documents: PositiveInt | None = Field(
+        None,
+        description="cap on documents read (earliest first, after dedup); the rest go to the failed "
+        "ledger as over_max_documents. null = all",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -225,6 +230,9 @@ _INSTRUCTIONS = (
     "fact refers to, or null.\n"
     'Reply as {{"statements": [{{"entity": "...", "statement": "...", "time": "..."}}]}}\n\n'
 )
+# The one-shot example is about a place no document mentions: SmolLM2-135M sometimes echoes
+# it verbatim, and the grounding checks then reject the echo (ungrounded_entity) instead of
+# letting it into the memory. Greedy decoding helped it most: sampled at 0.8 it wrote prose.
 _EXAMPLE_TEXT = (
     "The Lake Varn ferry service, run by Varn Shipping, carried 182,000 passengers in 2023, "
     "its operator said in March 2024. A second boat will enter service in June 2025."
@@ -476,6 +484,15 @@ class MemoryStage(Stage):
                         input_ids=[doc.id],
                         error_kind=kind,
                         message=f"{doc.url} duplicates {kept.url} (kept document {kept.id}, similarity {match.similarity:.2f})",
+                    )
+                )
+                continue
+            if cfg.max_documents is not None and len({c.doc_id for c in items}) >= cfg.max_documents:
+                dropped.append(
+                    Failure(
+                        input_ids=[doc.id],
+                        error_kind="over_max_documents",
+                        message=f"{doc.url} not read: stages.memory.max_documents is {cfg.max_documents}",
                     )
                 )
                 continue

@@ -235,13 +235,18 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 
 def default_threads() -> int:
-    """Torch threads of the server: half the cores (at least one).
+    """Torch threads of the server: every core, unless AGENTCPT_EMBEDDED_THREADS says otherwise.
 
-    The pipeline feeding the server needs CPU too, and OpenMP threads that spin-wait on an
-    oversubscribed machine collapse: measured here under load, SmolLM2 generated 0.2 tok/s
-    with 2 threads and 1.2 tok/s with 1 thread on 2 cores.
+    While a run waits on the model, the pipeline's own CPU use is small, so the server should
+    have the cores: measured on a quiet 2-core machine, 8 requests (917 prompt + 120
+    completion tokens each) took 115 s with 1 thread and 60 s with 2. On an oversubscribed
+    machine spin-waiting OpenMP threads collapse instead (0.2 tok/s with 2 threads vs
+    1.2 tok/s with 1, measured under load), so set AGENTCPT_EMBEDDED_THREADS=1 there.
     """
-    return max(1, (os.cpu_count() or 2) // 2)
+    override = os.environ.get("AGENTCPT_EMBEDDED_THREADS")
+    if override and override.isdigit() and int(override) > 0:
+        return int(override)
+    return max(1, os.cpu_count() or 1)
 
 
 _OWNED: set[EmbeddedEndpoint] = set()
