@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 from synth.ids import record_id
 from synth.knowledge import format_statements, statements_for_questions
 from synth.llm.base import LLM, LLMError, Message
+from synth.llm.config import completion_cap
 from synth.records import Failure, MemoryRecord, PlanningReason, PlanningRecord, QuestionRecord, ToolAction
 from synth.render.fas import render_planning
 from synth.stage import Stage, StageContext, StageOutput
@@ -445,11 +446,6 @@ async def plan(
     )
 
 
-def _cap(stage_cap: int | None, endpoint_cap: int) -> int:
-    """The smaller of a stage's completion cap and its endpoint's (a stage never raises it)."""
-    return endpoint_cap if stage_cap is None else min(stage_cap, endpoint_cap)
-
-
 class PlanningStage(Stage):
     """Map stage over `questions` units: one planning record or failure per question."""
 
@@ -460,8 +456,8 @@ class PlanningStage(Stage):
         cfg = cast(PlanningConfig, self.config(ctx.spec))
         cfg = cfg.model_copy(
             update={
-                "max_tokens": _cap(cfg.max_tokens, ctx.spec.llm.max_tokens),
-                "judge_max_tokens": _cap(cfg.judge_max_tokens, ctx.spec.effective_judge_llm.max_tokens),
+                "max_tokens": completion_cap(cfg.max_tokens, ctx.spec.llm.max_tokens),
+                "judge_max_tokens": completion_cap(cfg.judge_max_tokens, ctx.spec.effective_judge_llm.max_tokens),
             }
         )
         statements = (

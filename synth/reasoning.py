@@ -28,6 +28,7 @@ from synth.answers import answer_consistent, match_answers, mentions_answer
 from synth.ids import record_id
 from synth.knowledge import format_statements, statements_for_questions
 from synth.llm.base import LLM, LLMError, Message
+from synth.llm.config import completion_cap
 from synth.records import Failure, MemoryRecord, QuestionRecord, ReasoningRecord
 from synth.render.fas import render_reasoning
 from synth.stage import Stage, StageContext, StageOutput
@@ -366,11 +367,6 @@ async def reason(
     )
 
 
-def _cap(stage_cap: int | None, endpoint_cap: int) -> int:
-    """The smaller of a stage's completion cap and its endpoint's (a stage never raises it)."""
-    return endpoint_cap if stage_cap is None else min(stage_cap, endpoint_cap)
-
-
 class ReasoningStage(Stage):
     """Map stage over `questions` units: one reasoning record or failure per question."""
 
@@ -381,8 +377,8 @@ class ReasoningStage(Stage):
         cfg = cast(ReasoningConfig, self.config(ctx.spec))
         cfg = cfg.model_copy(
             update={
-                "max_tokens": _cap(cfg.max_tokens, ctx.spec.llm.max_tokens),
-                "judge_max_tokens": _cap(cfg.judge_max_tokens, ctx.spec.effective_judge_llm.max_tokens),
+                "max_tokens": completion_cap(cfg.max_tokens, ctx.spec.llm.max_tokens),
+                "judge_max_tokens": completion_cap(cfg.judge_max_tokens, ctx.spec.effective_judge_llm.max_tokens),
             }
         )
         statements = statements_for_questions(ctx, [q.knowledge_ids for q in items])

@@ -33,3 +33,8 @@ class LLMConfig(BaseModel):
     embedded_port: int = Field(8010, ge=1, le=65535, description="loopback port of the embedded endpoint")
     embedded_continuous_batching: bool = Field(True, description="embedded endpoint: batch requests (~3x throughput; one sampling temperature for all)")
     price: PriceTable | None = Field(None, description="optional price table for cost accounting")
+
+
+def completion_cap(stage_cap: int | None, endpoint_cap: int) -> int:
+    """The smaller of a stage's completion cap and its endpoint's: a stage never raises it."""
+    return endpoint_cap if stage_cap is None else min(stage_cap, endpoint_cap)
