@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from pipelines.fence import register_worker
 from pipelines.units import DROPPED_UNIT, PrepareResult, UnitResult, UnitTask
-from synth.records import RECORD_TYPES, Record, table_to_records
+from synth.records import Record
 from synth.shards import ManifestRow, ShardStore, default_worker
 from synth.spec import RunSpec
 from synth.stage import Stage, StageContext, StageOutput
@@ -134,7 +132,7 @@ class UnitWorker:
         stage = self._job.stages[task.stage]
         ctx = await self._context()
         if task.upstream is not None:
-            items = await asyncio.to_thread(self._read_unit, task.upstream, task.unit)
+            items = await asyncio.to_thread(self._store.read_unit_records, task.upstream, task.unit)
         items = list(items or [])
         # An empty unit (every upstream input failed) is committed empty, so that the unit
         # numbering stays one-to-one with upstream; the stage is not asked about nothing.
@@ -174,15 +172,6 @@ class UnitWorker:
             self._llms = None
 
     # -- internals ------------------------------------------------------------
-    def _read_unit(self, stage: str, unit: str) -> list[Record]:
-        """The committed records of one upstream unit (reading only its manifest entry)."""
-        rows = [r for r in self._store.unit_entry_rows(stage, unit) if r.kind == "records"]
-        if not rows:
-            return []
-        record_type = RECORD_TYPES[stage]
-        table = pq.read_table(self._store.run_dir / rows[0].path, schema=record_type.arrow_schema())
-        return table_to_records(table, record_type)
-
     def _committed(self, task: UnitTask, t0: float) -> UnitResult:
         rows = self._store.unit_entry_rows(task.stage, task.unit)
         records, failed = _counts(rows)

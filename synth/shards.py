@@ -284,12 +284,14 @@ class ShardStore:
     def read_records(self, stage: str) -> list[Record]:
         return table_to_records(self.read_table(stage), RECORD_TYPES[stage])
 
-    def iter_unit_records(self, stage: str, unit: str) -> list[Record]:
-        rows = [r for r in self.manifest_rows(stage) if r.unit == unit and r.kind == "records"]
+    def read_unit_records(self, stage: str, unit: str) -> list[Record]:
+        """The committed records of one unit ([] when not committed), reading only its entry."""
+        rows = [r for r in self.unit_entry_rows(stage, unit) if r.kind == "records"]
         if not rows:
             return []
-        table = pq.read_table(self.run_dir / rows[0].path, schema=RECORD_TYPES[stage].arrow_schema())
-        return table_to_records(table, RECORD_TYPES[stage])
+        record_type = RECORD_TYPES[stage]
+        table = pq.read_table(self.run_dir / rows[0].path, schema=record_type.arrow_schema())
+        return table_to_records(table, record_type)
 
     def verify_row(self, row: ManifestRow) -> None:
         path = self.run_dir / row.path

@@ -166,3 +166,11 @@ def test_compacted_manifest_matches_entries(tmp_path: Path) -> None:
     assert table.column_names == ["stage", "unit", "kind", "path", "rows", "bytes", "sha256", "worker"]
     assert set(table.column("worker").to_pylist()) == {"node-a"}
     assert ShardStore(tmp_path).manifest_rows() == store.manifest_rows()
+
+
+def test_one_unit_is_read_from_its_own_entry(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path)
+    store.write_unit("memory", "00000", memory_records(3, "a"))
+    store.write_unit("memory", "00001", memory_records(2, "b"))
+    assert [r.id for r in store.read_unit_records("memory", "00001")] == ["b0", "b1"]
+    assert store.read_unit_records("memory", "00002") == []
