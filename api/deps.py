@@ -16,9 +16,9 @@ from api.errors import ApiError, unauthorized
 from api.metrics import ApiMetrics
 from api.security import TokenAuth
 from api.services.runs import RunService
-from synth.records import STAGES
+from synth.layout import RUN_ID_RE
 from synth.settings import Settings
-from synth.spec import RUN_ID_RE
+from synth.stages import stage_names
 
 MAX_SPEC_BYTES = 1 << 20
 
@@ -113,4 +113,4 @@ RunId = Annotated[
         examples=["quickstart-20250101-120000-1a2b3c"],
     ),
 ]
-StageName = Literal[STAGES]  # type: ignore[valid-type]
+StageName = Literal[stage_names()]  # type: ignore[valid-type]

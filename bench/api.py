@@ -25,8 +25,8 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from api.testing import ApiServer, stop_driver, wait_for_state
-from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig
+from testing.api_server import ApiServer, stop_driver, wait_for_state
+from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig
 
 CONCURRENCY = 200
 ROUNDS = 5

@@ -72,7 +72,7 @@ def _spec_dict(pages_glob: str) -> dict[str, Any]:
 
 
 def _context(spec_dict: dict[str, Any], base_dir: Path):  # noqa: ANN202 - StageContext, imported lazily
-    from synth.llm.testing import ScriptedLLM
+    from testing.scripted_llm import ScriptedLLM
     from synth.spec import parse_spec
     from synth.stage import StageContext
 
@@ -101,7 +101,7 @@ def _warm_worker(sample: str) -> None:
     workers; on an idle machine it makes no difference.
     """
     os.setsid()
-    from synth.documents import DocumentsConfig, ingest_item
+    from synth.stages.documents import DocumentsConfig, ingest_item
     from synth.ingest.sources import SourceItem
 
     ingest_item(SourceItem(path=sample, ref="warmup", format="html"), DocumentsConfig(), "bench")
@@ -113,7 +113,7 @@ def _run_unit(
     items: list[dict[str, Any]], spec_dict: dict[str, Any], base_dir: str
 ) -> tuple[int, int, float]:
     """One work unit in a worker: (records, failures, CPU seconds)."""
-    from synth.documents import STAGE
+    from synth.stages.documents import STAGE
 
     cpu = time.process_time()
     if "ctx" not in _WORKER:
@@ -148,7 +148,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from synth.documents import STAGE
+    from synth.stages.documents import STAGE
     from synth.ingest.extract import detect_language
 
     with tempfile.TemporaryDirectory(prefix="agentcpt-bench-ingest-") as tmp:

@@ -1,6 +1,6 @@
 """LLM client throughput against a fake endpoint with a known physical limit, and its memory bound.
 
-A fake OpenAI-compatible server (``synth.llm.fake_server``, in its own process so client
+A fake OpenAI-compatible server (``testing.fake_llm_server``, in its own process so client
 and server do not share a GIL, but on the same 2 cores) answers every request after a
 fixed latency L. With C requests in flight the best possible rate is C / L requests/s;
 we print achieved / limit:
@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig
+from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig
 
 
 def run_client(base_url: str, concurrency: int, requests: int) -> dict[str, Any]:

@@ -50,12 +50,12 @@ import psutil  # noqa: E402
 
 from pipelines.progress import LogDisplay  # noqa: E402
 from pipelines.runner import run_session  # noqa: E402
-from pipelines.testing import planning_responder, seed_questions  # noqa: E402
-from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig  # noqa: E402
+from testing.toy_stages import planning_responder, seed_questions  # noqa: E402
+from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig  # noqa: E402
 from synth.shards import ShardStore  # noqa: E402
 from synth.spec import parse_spec  # noqa: E402
 
-assert planning_responder  # the server imports it by name: pipelines.testing:planning_responder
+assert planning_responder  # the server imports it by name: testing.toy_stages:planning_responder
 
 
 class CpuMeter:
@@ -99,7 +99,7 @@ class CpuMeter:
 
 def measure(questions: int, latency_s: float, concurrency: int, unit_size: int, label: str) -> dict[str, Any]:
     """One planning session over ``questions`` seeded questions; returns the figures."""
-    config = FakeServerConfig(latency_s=latency_s, responder="pipelines.testing:planning_responder")
+    config = FakeServerConfig(latency_s=latency_s, responder="testing.toy_stages:planning_responder")
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, FakeOpenAIServer(config) as server:
         base = Path(tmp)
         run_id = f"bench-{label}"

@@ -1,4 +1,4 @@
-"""Run ids, and what may change between the sessions of one run.
+"""What may change between the sessions of one run: spec fields and stage prompts.
 
 A run is resumed by running its spec again with ``--run-id``. Its stored ``spec.yaml`` is
 what produced its committed shards, so a resumed session must produce the same outputs:
@@ -19,16 +19,19 @@ first session. Input files are compared by their globs, not their bytes.
 
 from __future__ import annotations
 
+import json
 import os
-import secrets
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from synth.layout import RunLayout
 from synth.runstate import RunDir
-from synth.spec import RunSpec, SpecError, dump_spec, parse_spec, validate_run_id
+from synth.shards import atomic_write_bytes
+from synth.spec import RunSpec, SpecError, dump_spec, parse_spec
+from synth.stage import Stage
 
 OPERATIONAL_FIELDS: frozenset[str] = frozenset(
     {"name", "output_dir", "execution.ray_address", "execution.max_units_in_flight"}
@@ -47,14 +50,6 @@ OPERATIONAL_FIELDS: frozenset[str] = frozenset(
         )
     }
 )
-
-
-def new_run_id(name: str, now: datetime | None = None) -> str:
-    """``<name>-<UTC yyyymmdd-HHMMSS>-<4 hex>``; characters a run id cannot hold become ``-``."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    slug = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in name.strip())
-    slug = slug.strip("-._")[:100] or "run"
-    return validate_run_id(f"{slug}-{stamp}-{secrets.token_hex(2)}")
 
 
 def _normalized(spec: RunSpec) -> dict[str, Any]:
@@ -96,7 +91,7 @@ _MISSING = object()
 
 
 def read_stored_spec(run_dir: Path) -> RunSpec | None:
-    path = run_dir / "spec.yaml"
+    path = RunLayout(run_dir).spec
     if not path.exists():
         return None
     try:
@@ -151,8 +146,40 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
         if pid is not None:
             raise SpecError("run_id", f"run {run_dir.name} is already running (driver pid {pid})")
         return True
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from synth.shards import atomic_write_bytes
-
-    atomic_write_bytes(run_dir / "spec.yaml", dump_spec(spec).encode())
+    write_new_run_dir(RunLayout(run_dir), spec, exist_ok=True)
     return False
+
+
+def write_new_run_dir(layout: RunLayout, spec: RunSpec, *, exist_ok: bool = False) -> None:
+    """Create a run's directory and write the spec it is started with (its only writer)."""
+    layout.root.mkdir(parents=True, exist_ok=exist_ok)
+    atomic_write_bytes(layout.spec, dump_spec(spec).encode())
+
+
+def check_prompt_fingerprints(
+    layout: RunLayout, stages: Mapping[str, Stage[Any, Any]], *, allow_change: bool = False
+) -> list[str]:
+    """Compare the stages' prompt fingerprints with those the run was started with.
+
+    A first session records them. A resumed session whose stage prompts changed is refused
+    (SpecError naming the stage), because its new units would mix with the old ones
+    unmarked; with ``allow_change`` the new fingerprints are recorded and the changed stage
+    names returned (every record carries its ``prompt_fingerprint``, so new units are marked).
+    """
+    current = {name: stage.prompt_fingerprint for name, stage in stages.items()}
+    stored: dict[str, str] = {}
+    if layout.prompts.exists():
+        stored = json.loads(layout.prompts.read_text(encoding="utf-8"))
+    changed = [name for name, fp in current.items() if name in stored and stored[name] != fp]
+    if changed and not allow_change:
+        name = changed[0]
+        raise SpecError(
+            f"stages.{name}",
+            f"the {name} prompts changed since run {layout.run_id} started (fingerprint {stored[name]} -> "
+            f"{current[name]}); resume with --allow-prompt-change to continue with the new prompts "
+            "(new records are marked by their prompt_fingerprint), or start a new run",
+        )
+    if changed or set(current) - set(stored):
+        history = {**stored, **current}
+        atomic_write_bytes(layout.prompts, json.dumps(history, indent=2, sort_keys=True).encode())
+    return changed

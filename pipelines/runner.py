@@ -33,14 +33,16 @@ from pipelines.cluster import WorkerPool, cluster_cpus, ray_session
 from pipelines.fence import fence_previous_sessions
 from pipelines.llm_setup import RunEndpoints
 from pipelines.progress import ProgressBoard, ProgressDisplay, default_display
-from pipelines.rundirs import new_run_id, prepare_run_dir
+from pipelines.rundirs import check_prompt_fingerprints, prepare_run_dir
 from pipelines.scheduler import RunOutcome, Scheduler
 from pipelines.worker import WorkerJob
-from synth.records import STAGES
+from synth.inputs import check_inputs
+from synth.layout import RunLayout, new_run_id, validate_run_id
 from synth.runstate import RunDir
 from synth.shards import ShardStore
-from synth.spec import RunSpec, check_inputs, load_spec, validate_run_id
+from synth.spec import RunSpec, load_spec
 from synth.stage import Stage
+from synth.stages import get_stage, stage_names
 
 
 class Terminated(Exception):
@@ -59,9 +61,7 @@ class SessionResult:
 
 
 def registry_stages(spec: RunSpec) -> dict[str, Stage]:
-    """The real stage of every enabled stage (imports only those modules)."""
-    from synth.registry import get_stage
-
+    """The registered stage of every enabled stage."""
     return {name: get_stage(name) for name in spec.stages.enabled()}
 
 
@@ -70,11 +70,19 @@ def stage_uses_llm(stage: Stage) -> bool:
     return bool(getattr(stage, "uses_llm", True))
 
 
-def run_command(spec: str, run_id: str | None = None, ray_address: str | None = None) -> int:
+def run_command(
+    spec: str, run_id: str | None = None, ray_address: str | None = None, allow_prompt_change: bool = False
+) -> int:
     """The ``agentcpt run`` entry point: 0 succeeded, 1 failed or cancelled (bad input raises SpecError)."""
     loaded = load_spec(spec)
     with _sigterm_as_exception():
-        result = run_session(loaded, run_id=run_id, ray_address=ray_address, base_dir=Path.cwd())
+        result = run_session(
+            loaded,
+            run_id=run_id,
+            ray_address=ray_address,
+            base_dir=Path.cwd(),
+            allow_prompt_change=allow_prompt_change,
+        )
     return result.exit_code
 
 
@@ -89,6 +97,7 @@ def run_session(
     out: IO[str] | None = None,
     max_workers: int | None = None,
     print_summary: bool = True,
+    allow_prompt_change: bool = False,
 ) -> SessionResult:
     """Run (or resume) one run to the end; see the module docstring.
 
@@ -102,10 +111,15 @@ def run_session(
     run_dir = (base_dir / spec.output_dir / run_id).resolve()
     resuming = prepare_run_dir(run_dir, spec)
     stage_map = dict(stages) if stages is not None else registry_stages(spec)
-    enabled = [s for s in STAGES if s in spec.stages.enabled()]
+    enabled = [s for s in stage_names() if s in spec.stages.enabled()]
     missing = [s for s in enabled if s not in stage_map]
     if missing:
         raise ValueError(f"stages {missing} are enabled in the spec but were not given an implementation")
+    changed_prompts = check_prompt_fingerprints(
+        RunLayout(run_dir), {name: stage_map[name] for name in enabled}, allow_change=allow_prompt_change
+    )
+    if changed_prompts:
+        print(f"prompts changed for {', '.join(changed_prompts)}: new units carry the new fingerprint", file=out)
 
     rd = RunDir(run_dir)
     store = ShardStore(run_dir)

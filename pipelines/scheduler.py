@@ -1,6 +1,6 @@
 """The driver loop: which unit of which stage runs next, and when a stage is complete.
 
-Stages run in pipeline order (``synth.records.STAGES``), enabled ones only, and overlap:
+Stages run in pipeline order (``synth.stages.stage_names()``), enabled ones only, and overlap:
 
 * a **map** stage's unit ``k`` is submitted as soon as its upstream's unit ``k`` is committed
   (streaming: questions are planned while later questions are still being written);
@@ -41,11 +41,11 @@ from pipelines.units import (
     read_plan,
     write_plan,
 )
-from synth.records import STAGES
 from synth.runstate import RunDir
 from synth.shards import ShardStore
 from synth.spec import RunSpec
 from synth.stage import Stage
+from synth.stages import stage_names
 
 Outcome = Literal["succeeded", "failed", "cancelled"]
 
@@ -112,7 +112,7 @@ class Scheduler:
         self._cancel_grace_s = cancel_grace_s
         self._in_flight: dict[Any, _InFlight] = {}
         enabled = set(spec.stages.enabled())
-        self._order = list(STAGES)
+        self._order = list(stage_names())
         self._states: dict[str, _StageState] = {}
         for name in self._order:
             stage = stages.get(name)
@@ -125,7 +125,7 @@ class Scheduler:
             if name in enabled and stage is None:
                 raise StageBug(f"stage {name!r} is enabled in the spec but no implementation was given")
             if st.enabled and stage is not None and not stage.barrier:
-                if len(stage.upstream) != 1 or stage.upstream[0] not in STAGES:
+                if len(stage.upstream) != 1 or stage.upstream[0] not in self._order:
                     raise StageBug(
                         f"map stage {name!r} must have exactly one upstream stage, has {stage.upstream}"
                     )

@@ -102,7 +102,7 @@ class UnitWorker:
     async def prepare(self, stage_name: str) -> PrepareResult:
         """Run a barrier stage's ``prepare``; commit its dropped inputs once (unit ``dropped``)."""
         stage = self._job.stages[stage_name]
-        ctx = await self._context()
+        ctx = (await self._context()).scoped_to(stage)
         prepared = await asyncio.to_thread(stage.prepare, ctx)
         if prepared.dropped and not self._store.unit_entry_rows(stage_name, DROPPED_UNIT):
             try:
@@ -130,13 +130,15 @@ class UnitWorker:
         if self._store.unit_entry_rows(task.stage, task.unit):
             return self._committed(task, t0)
         stage = self._job.stages[task.stage]
-        ctx = await self._context()
+        ctx = (await self._context()).scoped_to(stage)
         if task.upstream is not None:
             items = await asyncio.to_thread(self._store.read_unit_records, task.upstream, task.unit)
         items = list(items or [])
         # An empty unit (every upstream input failed) is committed empty, so that the unit
         # numbering stays one-to-one with upstream; the stage is not asked about nothing.
         output = await stage.process(items, ctx) if items else StageOutput()
+        for record in output.records:
+            record.prompt_fingerprint = stage.prompt_fingerprint  # which prompts wrote it (resume check)
         try:
             rows = await asyncio.to_thread(
                 self._store.write_unit,

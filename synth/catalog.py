@@ -6,6 +6,13 @@ shows up in a count. ``agentcpt stats`` uses an in-memory DuckDB with absolute p
 the directory that holds the output dir (``runs/ID/shards/...``), so that
 ``duckdb runs/ID/catalog.duckdb`` browses the run from there (DuckDB resolves relative
 paths against the current directory, not the database file).
+
+Every shard is verified against its manifest sha256 before a view names it
+(``ShardStore.verified_path``), so a corrupt file is an error naming it, never silently
+different rows. Connections that run SQL a user typed (``agentcpt stats --sql``) have DuckDB's
+file system access switched off except for the run's own shards (``restrict_file_access``):
+a query cannot read ``/etc/passwd``, write files, attach databases or install extensions,
+unless ``--allow-external`` is given.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from synth.records import FAILURE_SCHEMA, RECORD_TYPES, STAGES
+from synth.errors import SpecError
+from synth.layout import validate_run_id
+from synth.records import FAILURE_SCHEMA, RECORD_TYPES
 from synth.runstate import LLMUsage, RunDir, RunStatus
 from synth.shards import ShardStore
-from synth.spec import SpecError, validate_run_id
+from synth.stages import get_stage, stage_names
 
 
 class StageStats(BaseModel):
@@ -74,20 +83,41 @@ def _create_view(con: duckdb.DuckDBPyConnection, name: str, paths: list[str], sc
         con.unregister(f"__empty_{name}")
 
 
-def connect_run(run_dir: Path, con: duckdb.DuckDBPyConnection | None = None, base: Path | None = None) -> duckdb.DuckDBPyConnection:
+def restrict_file_access(con: duckdb.DuckDBPyConnection, allowed_paths: list[str]) -> None:
+    """Switch DuckDB's file system access off for ``con``, except reading ``allowed_paths``.
+
+    Also locks the configuration, so SQL run later on ``con`` cannot switch it back on. After
+    this, ``read_csv('/etc/passwd')``, ``COPY … TO``, ``ATTACH`` and ``INSTALL`` are refused.
+    """
+    if allowed_paths:
+        con.execute(f"SET allowed_paths = {_sql_list(allowed_paths)}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def connect_run(
+    run_dir: Path,
+    con: duckdb.DuckDBPyConnection | None = None,
+    base: Path | None = None,
+    *,
+    restrict: bool = False,
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with a view per stage, `<stage>_failed` per stage, and `manifest`.
 
-    Paths are absolute unless ``base`` is given, in which case they are relative to it.
+    Paths are absolute unless ``base`` is given, in which case they are relative to it. Every
+    file is verified against the manifest first (``CorruptShardError`` names a bad one).
+    ``restrict`` leaves the connection able to read the run's shards and nothing else.
     """
     con = con or duckdb.connect()
     store = ShardStore(run_dir)
     rows = store.manifest_rows()
+    verified = {r.path: str(store.verified_path(r).resolve()) for r in rows}
 
     def rel(path: str) -> str:
-        full = (run_dir / path).resolve()
-        return str(full.relative_to(base.resolve())) if base is not None else str(full)
+        full = verified[path]
+        return str(Path(full).relative_to(base.resolve())) if base is not None else full
 
-    for stage in STAGES:
+    for stage in stage_names():
         rec = [rel(r.path) for r in rows if r.stage == stage and r.kind == "records"]
         fail = [rel(r.path) for r in rows if r.stage == stage and r.kind == "failed"]
         _create_view(con, stage, rec, RECORD_TYPES[stage].arrow_schema())
@@ -95,6 +125,8 @@ def connect_run(run_dir: Path, con: duckdb.DuckDBPyConnection | None = None, bas
     con.register("__manifest", store.manifest_table())
     con.execute('CREATE OR REPLACE TABLE "manifest" AS SELECT * FROM "__manifest"')
     con.unregister("__manifest")
+    if restrict:
+        restrict_file_access(con, list(verified.values()))
     return con
 
 
@@ -111,15 +143,6 @@ def run_dir_for(run_id: str, output_dir: str | Path = "runs") -> Path:
 # Statistics
 # ---------------------------------------------------------------------------
 
-# Verdict column per stage: (SQL for accepted, SQL for rejected).
-_VERDICTS: dict[str, tuple[str, str]] = {
-    "planning": ("accepted", "NOT accepted"),
-    "reasoning": ("correct", "NOT correct"),
-    "rollouts": ("outcome = 'correct'", "outcome = 'incorrect'"),
-    "decisions": ("outcome = 'correct'", "outcome = 'incorrect'"),
-}
-
-
 def _breakdown(con: duckdb.DuckDBPyConnection, sql: str) -> list[BreakdownRow]:
     rows = con.execute(sql).fetchall()
     total = sum(n for _, n in rows) or 1
@@ -132,9 +155,9 @@ def run_stats(run_dir: str | Path) -> RunStats:
     store = ShardStore(run_dir)
     manifest = store.manifest_rows()
     progress = RunDir(run_dir).read_progress()
-    con = connect_run(run_dir)
+    con = connect_run(run_dir, restrict=True)
     out: list[StageStats] = []
-    for stage in STAGES:
+    for stage in stage_names():
         files = [r for r in manifest if r.stage == stage]
         s = StageStats(
             stage=stage,
@@ -143,10 +166,11 @@ def run_stats(run_dir: str | Path) -> RunStats:
             bytes=sum(r.bytes for r in files),
             failed=sum(r.rows for r in files if r.kind == "failed"),
         )
-        if stage in _VERDICTS and s.rows:
-            acc, rej = _VERDICTS[stage]
+        verdict = get_stage(stage).verdict  # each stage says what "accepted" means for it
+        if verdict is not None and s.rows:
             a, r = con.execute(
-                f"SELECT count(*) FILTER (WHERE {acc}), count(*) FILTER (WHERE {rej}) FROM {stage}"
+                f"SELECT count(*) FILTER (WHERE {verdict.accepted_sql}), "
+                f"count(*) FILTER (WHERE {verdict.rejected_sql}) FROM {stage}"
             ).fetchone()
             s.accepted, s.rejected = int(a), int(r)
             s.acceptance_rate = round(a / s.rows, 4)
@@ -159,7 +183,7 @@ def run_stats(run_dir: str | Path) -> RunStats:
         out.append(s)
 
     failures: dict[str, dict[str, int]] = {}
-    for stage in STAGES:
+    for stage in stage_names():
         for kind, n in con.execute(
             f"SELECT error_kind, count(*) FROM {stage}_failed GROUP BY 1 ORDER BY 2 DESC"
         ).fetchall():
@@ -259,12 +283,19 @@ def print_stats(run_dir: str | Path, file=None) -> RunStats:
 # ---------------------------------------------------------------------------
 
 
-def stats_command(run_id: str, sql: str | None = None, output_dir: str = "runs") -> int:
+def stats_command(
+    run_id: str, sql: str | None = None, output_dir: str = "runs", allow_external: bool = False
+) -> int:
+    """``agentcpt stats``: the stats tables, or ``--sql`` over the run's views.
+
+    The query runs with DuckDB's file system access off (only the run's shards readable)
+    unless ``allow_external`` (``--allow-external``), the operator's explicit choice.
+    """
     run_dir = run_dir_for(run_id, output_dir)
     if sql is None:
         print_stats(run_dir)
         return 0
-    con = connect_run(run_dir)
+    con = connect_run(run_dir, restrict=not allow_external)
     try:
         rel = con.sql(sql)
     except duckdb.Error as err:

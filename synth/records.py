@@ -17,17 +17,6 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-STAGES: tuple[str, ...] = (
-    "documents",
-    "memory",
-    "questions",
-    "planning",
-    "reasoning",
-    "rollouts",
-    "decisions",
-    "corpus",
-)
-
 TS = pa.timestamp("us", tz="UTC")
 
 
@@ -97,6 +86,10 @@ DECISION_STEP_ARROW = pa.struct(
 # ---------------------------------------------------------------------------
 
 
+# Stage name -> record class; filled by Record subclasses as they are defined.
+RECORD_TYPES: dict[str, type[Record]] = {}
+
+
 class Record(BaseModel):
     """Fields every record has. Subclasses add their stage's fields and Arrow fields."""
 
@@ -105,11 +98,21 @@ class Record(BaseModel):
     STAGE: ClassVar[str] = ""
     ARROW_FIELDS: ClassVar[list[pa.Field]] = []
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        # A record class registers itself under its stage, so shard readers find its schema
+        # by stage name without importing the stages (which would be an import cycle).
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.STAGE:
+            RECORD_TYPES[cls.STAGE] = cls
+
     id: str
     run_id: str
     stage: str
     parent_ids: list[str] = Field(default_factory=list)
     model: str | None = None
+    # The writing stage's prompt fingerprint (synth.stage.prompt_fingerprint); set by the runner.
+    prompt_fingerprint: str | None = None
     created_at: datetime = Field(default_factory=utc_now)
 
     @classmethod
@@ -120,6 +123,7 @@ class Record(BaseModel):
             pa.field("stage", pa.string(), nullable=False),
             pa.field("parent_ids", pa.list_(pa.string())),
             pa.field("model", pa.string()),
+            pa.field("prompt_fingerprint", pa.string()),
             pa.field("created_at", TS),
         ]
         return pa.schema(common + list(cls.ARROW_FIELDS))
@@ -212,7 +216,6 @@ class PlanningRecord(Record):
         pa.field("accepted", pa.bool_()),
         pa.field("reason", pa.string()),
         pa.field("rationale", pa.string()),
-        pa.field("prompt_version", pa.string()),
         pa.field("text", pa.string()),
     ]
     stage: Literal["planning"] = "planning"
@@ -223,7 +226,6 @@ class PlanningRecord(Record):
     accepted: bool
     reason: PlanningReason
     rationale: str | None = None
-    prompt_version: str | None = None
     text: str | None = Field(None, description="rendered CPT text (accepted records only)")
 
     def to_row(self) -> dict[str, Any]:
@@ -246,7 +248,6 @@ class ReasoningRecord(Record):
         pa.field("correct", pa.bool_()),
         pa.field("decided_by", pa.string()),
         pa.field("reject_reason", pa.string()),
-        pa.field("prompt_version", pa.string()),
         pa.field("text", pa.string()),
     ]
     stage: Literal["reasoning"] = "reasoning"
@@ -257,7 +258,6 @@ class ReasoningRecord(Record):
     correct: bool
     decided_by: str | None = Field(None, description="exact | numeric | judge")
     reject_reason: str | None = None
-    prompt_version: str | None = None
     text: str | None = None
 
 
@@ -348,19 +348,6 @@ class CorpusRecord(Record):
     source_ids: list[str]
 
 
-RECORD_TYPES: dict[str, type[Record]] = {
-    t.STAGE: t
-    for t in (
-        DocumentRecord,
-        MemoryRecord,
-        QuestionRecord,
-        PlanningRecord,
-        ReasoningRecord,
-        RolloutRecord,
-        DecisionRecord,
-        CorpusRecord,
-    )
-}
 
 
 # ---------------------------------------------------------------------------

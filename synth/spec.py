@@ -1,40 +1,42 @@
-"""The run spec (DESIGN §5): pydantic models, loading from YAML/JSON, one-line errors.
+"""The run spec (DESIGN §5): pydantic models, loading from YAML/JSON, errors that name fields.
 
-Every model forbids unknown keys, so a typo in a spec is an error naming its path
-(``stages.planning.k: extra field not permitted``) rather than a silently ignored key.
+Every model forbids unknown keys, so a typo in a spec is an error naming its path and the
+field it probably meant (``stages.planning.judgee: extra field not permitted (did you mean
+'judge'?)``) rather than a silently ignored key. All problems of a spec are reported at
+once (``SpecErrors``), one line each. Input globs are checked by ``synth.inputs``.
 """
 
 from __future__ import annotations
 
-import glob
+import difflib
 import json
-import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from synth.corpus import CorpusConfig
-from synth.decisions import DecisionsConfig
-from synth.documents import DocumentsConfig
-from synth.llm.config import LLMConfig
-from synth.memory import MemoryConfig
-from synth.planning import PlanningConfig
-from synth.questions import QuestionsConfig
-from synth.reasoning import ReasoningConfig
-from synth.rollouts import RolloutsConfig
-
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class SpecError(ValueError):
-    """A spec problem, with the dotted path of the field it concerns."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.message = message
+from synth.errors import SpecError, raise_problems
+from synth.llm.base import truncation_caps
+from synth.llm.config import EMBEDDED, LLMConfig, completion_cap
+from synth.stages import get_stage, stage_names
+from synth.stages.corpus import CorpusConfig
+from synth.stages.decisions import DecisionsConfig
+from synth.stages.documents import DocumentsConfig
+from synth.stages.memory import MemoryConfig
+from synth.stages.planning import PlanningConfig
+from synth.stages.questions import QuestionsConfig
+from synth.stages.reasoning import ReasoningConfig
+from synth.stages.rollouts import RolloutsConfig
 
 
 class Inputs(BaseModel):
@@ -46,7 +48,9 @@ class Inputs(BaseModel):
 class StagesConfig(BaseModel):
     """Which stages run, with their settings. A stage left out is skipped; `{}` runs it with defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    # "allow" only so that stages added with synth.stages.register get a block here too; the
+    # validator below refuses every key that is not a registered stage.
+    model_config = ConfigDict(extra="allow")
     documents: DocumentsConfig | None = None
     memory: MemoryConfig | None = None
     questions: QuestionsConfig | None = None
@@ -56,9 +60,33 @@ class StagesConfig(BaseModel):
     decisions: DecisionsConfig | None = None
     corpus: CorpusConfig | None = None
 
+    @model_validator(mode="after")
+    def _registered_stages_only(self) -> StagesConfig:
+        known = stage_names()
+        for name, value in list((self.__pydantic_extra__ or {}).items()):
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise PydanticCustomError("unknown_stage", f"{name}: extra field not permitted{hint}")
+            if value is not None:
+                try:
+                    block = get_stage(name).config_type.model_validate(value)
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    where = ".".join(str(x) for x in (name, *first["loc"]))
+                    raise PydanticCustomError("invalid_stage_block", f"{where}: {first['msg']}") from None
+                self.__pydantic_extra__[name] = block  # type: ignore[index]
+        return self
+
+    def block(self, name: str) -> BaseModel | None:
+        """The config block of stage ``name`` (None when it is not enabled)."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.__pydantic_extra__ or {}).get(name)
+
     def enabled(self) -> list[str]:
         """Enabled stage names in pipeline order."""
-        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+        return [name for name in stage_names() if self.block(name) is not None]
 
 
 class ExecutionConfig(BaseModel):
@@ -92,7 +120,7 @@ class RunSpec(BaseModel):
 
 
 # ---------------------------------------------------------------------------
-# Loading
+# Loading: every problem at once, each naming its field
 # ---------------------------------------------------------------------------
 
 _PYDANTIC_MESSAGES = {
@@ -111,24 +139,95 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def spec_error_from_validation(err: ValidationError) -> SpecError:
-    """The first error of a pydantic ValidationError, as a one-line SpecError naming the field."""
-    first = err.errors()[0]
-    loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-    message = _PYDANTIC_MESSAGES.get(first["type"], first["msg"])
-    if first["type"] not in _PYDANTIC_MESSAGES and "input" in first and not isinstance(first["input"], dict | list):
-        message = f"{message} (got {first['input']!r})"
-    return SpecError(_loc_to_path(loc), message)
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec model that the (string and index) path ``loc`` leads to, from ``RunSpec``."""
+    model: type[BaseModel] = RunSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def did_you_mean(loc: tuple[Any, ...]) -> str | None:
+    """The field name closest to the unknown key at the end of ``loc`` (a typo's fix), if any."""
+    model = _model_at(loc[:-1])
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return None
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def spec_errors_from_validation(err: ValidationError) -> list[SpecError]:
+    """Every error of a pydantic ValidationError as a SpecError naming its field (one per field)."""
+    out: dict[str, SpecError] = {}
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        message = _PYDANTIC_MESSAGES.get(e["type"], e["msg"])
+        if e["type"] == "extra_forbidden":
+            fix = did_you_mean(loc)
+            if fix is not None:
+                message += f" (did you mean {fix!r}?)"
+        elif e["type"] not in _PYDANTIC_MESSAGES and "input" in e and not isinstance(e["input"], dict | list):
+            message = f"{message} (got {e['input']!r})"
+        path = _loc_to_path(loc)
+        out.setdefault(path, SpecError(path, message))  # a union reports one error per member
+    return list(out.values())
+
+
+def _endpoint_problems(data: dict[str, Any]) -> list[SpecError]:
+    """``model`` is required for every endpoint but ``embedded``: no guessing from ``GET /models``.
+
+    Checked on the raw mapping, so that it is reported together with type errors elsewhere.
+    (On a multi-model gateway "the first listed model" is arbitrary.)
+    """
+    problems = []
+    for block in ("llm", "judge_llm"):
+        cfg = data.get(block)
+        if not isinstance(cfg, dict):
+            continue
+        base_url = cfg.get("base_url", EMBEDDED)
+        if base_url != EMBEDDED and not cfg.get("model"):
+            problems.append(
+                SpecError(
+                    f"{block}.model",
+                    f"required for base_url {base_url!r} (only 'embedded' picks its own model); "
+                    "name the model the endpoint should run",
+                )
+            )
+    return problems
 
 
 def parse_spec(data: Any) -> RunSpec:
-    """Validate a mapping as a RunSpec; raises SpecError naming the first bad field."""
+    """Validate a mapping as a RunSpec; raises SpecError (one problem) or SpecErrors (several)."""
     if not isinstance(data, dict):
         raise SpecError("", "a run spec must be a mapping of keys to values")
+    problems: list[SpecError] = []
+    spec: RunSpec | None = None
     try:
-        return RunSpec.model_validate(data)
+        spec = RunSpec.model_validate(data)
     except ValidationError as err:
-        raise spec_error_from_validation(err) from None
+        problems.extend(spec_errors_from_validation(err))
+    named = {p.field for p in problems}
+    problems.extend(p for p in _endpoint_problems(data) if p.field not in named)
+    raise_problems(problems)
+    assert spec is not None
+    return spec
 
 
 def load_spec(path: str | Path) -> RunSpec:
@@ -146,39 +245,61 @@ def load_spec(path: str | Path) -> RunSpec:
     return parse_spec(data if data is not None else {})
 
 
-def resolve_globs(patterns: list[str], field: str, base_dir: Path | None = None) -> list[Path]:
-    """Expand globs (relative to base_dir, else the cwd); a glob matching nothing is a SpecError."""
-    out: list[Path] = []
-    for i, pattern in enumerate(patterns):
-        full = pattern if Path(pattern).is_absolute() or base_dir is None else str(base_dir / pattern)
-        matches = sorted(Path(m) for m in glob.glob(full, recursive=True) if Path(m).is_file())
-        if not matches:
-            raise SpecError(f"{field}[{i}]", f"no file matches {pattern!r}")
-        out.extend(matches)
-    # Keep order, drop repeats (two globs may match the same file).
-    seen: set[Path] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
-
-
-def check_inputs(spec: RunSpec, base_dir: Path | None = None) -> None:
-    """Fail early, naming the glob, when an input glob of an enabled stage matches no file."""
-    enabled = spec.stages.enabled()
-    if "documents" in enabled:
-        if not spec.inputs.web:
-            raise SpecError("inputs.web", "the documents stage needs at least one input glob")
-        resolve_globs(spec.inputs.web, "inputs.web", base_dir)
-    if spec.inputs.trajectories:
-        resolve_globs(spec.inputs.trajectories, "inputs.trajectories", base_dir)
-    for i, pattern in enumerate(spec.stages.corpus.decontaminate if spec.stages.corpus else []):
-        resolve_globs([pattern], f"stages.corpus.decontaminate[{i}]", base_dir)
-
-
-def validate_run_id(run_id: str) -> str:
-    if not RUN_ID_RE.match(run_id):
-        raise SpecError("run_id", f"{run_id!r} is not a valid run id (letters, digits, '.', '_', '-'; max 128)")
-    return run_id
+def spec_dir(path: str | Path) -> Path:
+    """The directory relative input globs of the spec file at ``path`` resolve against."""
+    return Path(path).resolve().parent
 
 
 def dump_spec(spec: RunSpec) -> str:
     """The spec as YAML, as saved next to a run's output."""
     return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=False), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------
+# Which setting caps a stage's replies (for truncated replies)
+# ---------------------------------------------------------------------------
+
+
+def completion_cap_settings(spec: RunSpec, stage: str) -> dict[str, tuple[int | None, str, int]]:
+    """A stage's completion-cap settings: spec path -> (its value, the endpoint's path, that cap).
+
+    A cap setting is a stage config field described as a "completion cap"; fields named
+    ``judge_*`` are capped by ``judge_llm``, the others by ``llm``.
+    """
+    cfg = spec.stages.block(stage)
+    out: dict[str, tuple[int | None, str, int]] = {}
+    if cfg is None:
+        return out
+    for name, field in type(cfg).model_fields.items():
+        if "completion cap" not in (field.description or ""):
+            continue
+        judge = name.startswith("judge")
+        endpoint = spec.effective_judge_llm if judge else spec.llm
+        endpoint_path = "judge_llm.max_tokens" if judge and spec.judge_llm is not None else "llm.max_tokens"
+        out[f"stages.{stage}.{name}"] = (getattr(cfg, name), endpoint_path, endpoint.max_tokens)
+    return out
+
+
+def truncation_advice(spec: RunSpec, stage: str, messages: list[str]) -> str:
+    """Which setting to raise for a stage whose replies were cut by the token cap.
+
+    ``messages`` are the stage's ``truncated`` failure messages; the cap each names is
+    matched against the stage's cap settings, so the advice names the one that bit.
+    """
+    caps = truncation_caps(messages)
+    settings = completion_cap_settings(spec, stage)
+    advice: list[str] = []
+    for path, (value, endpoint_path, endpoint_cap) in settings.items():
+        # Most stages send min(setting, endpoint cap); some send the setting as it is.
+        sent = {endpoint_cap} if value is None else {value, completion_cap(value, endpoint_cap)}
+        if caps and not caps & sent:
+            continue
+        if value is None:
+            advice.append(f"set {path} (now {endpoint_path} = {endpoint_cap})")
+        elif not caps or value in caps:
+            advice.append(f"raise {path} (now {value})")
+        else:
+            advice.append(f"raise {endpoint_path} (now {endpoint_cap}; it caps {path} = {value})")
+    if not advice:
+        advice.append("raise llm.max_tokens")
+    return " or ".join(dict.fromkeys(advice))

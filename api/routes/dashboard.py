@@ -19,9 +19,10 @@ from api.deps import AppContext, get_ctx
 from api.errors import ApiError
 from api.security import SESSION_COOKIE
 from api.services.run_data import read_samples, read_stats
-from synth.records import STAGES, Record
+from synth.errors import SpecError
+from synth.records import Record
 from synth.runstate import TERMINAL_STATES
-from synth.spec import SpecError
+from synth.stages import get_stage, stage_names
 
 router = APIRouter(include_in_schema=False)
 
@@ -34,17 +35,6 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
-}
-# Fields shown next to a sample's id, per stage: the ones a reviewer scans first.
-_SUMMARY_FIELDS: dict[str, tuple[str, ...]] = {
-    "documents": ("url", "title", "n_chars"),
-    "memory": ("entity", "source_url"),
-    "questions": ("style", "answer"),
-    "planning": ("accepted", "reason"),
-    "reasoning": ("correct", "final_answer", "decided_by"),
-    "rollouts": ("outcome", "source", "final_answer"),
-    "decisions": ("outcome", "trajectory_id"),
-    "corpus": ("kind", "cpt_stage", "n_tokens"),
 }
 
 
@@ -118,14 +108,14 @@ def run_page(request: Request, run_id: str, stage: str | None = None, offset: in
     run = view.public()
     stats = read_stats(Path(view.row.run_dir))
     with_rows = [s.stage for s in stats.stages if s.rows]
-    if stage not in STAGES or stage not in with_rows:
+    if stage not in stage_names() or stage not in with_rows:
         stage = with_rows[0] if with_rows else None
     offset = max(0, min(offset, 1_000_000_000))
     samples = read_samples(Path(view.row.run_dir), stage, SAMPLES_PER_PAGE, offset) if stage else None
     shown = [
         {
             "id": rec.id,
-            "summary": {f: getattr(rec, f, None) for f in _SUMMARY_FIELDS.get(rec.stage, ())},
+            "summary": {f: getattr(rec, f, None) for f in get_stage(rec.stage).summary_fields},
             "text": sample_text(rec),
         }
         for rec in (samples.data if samples else [])
@@ -136,7 +126,7 @@ def run_page(request: Request, run_id: str, stage: str | None = None, offset: in
         run=run,
         progress={p.stage: p for p in run.stages},
         stats={s.stage: s for s in stats.stages},
-        stage_order=[s for s in STAGES if s in {p.stage for p in run.stages} or s in with_rows],
+        stage_order=[s for s in stage_names() if s in {p.stage for p in run.stages} or s in with_rows],
         sample_stages=with_rows,
         stage=stage,
         samples=shown,

@@ -18,12 +18,9 @@ of its log in ``error``.
 
 from __future__ import annotations
 
-import re
-import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +33,13 @@ from api.errors import ApiError, conflict, not_found
 from api.schemas import RunPublic, StageProgressPublic, TokenTotals
 from api.services.launchers import DriverHandle, LaunchRequest, RunLauncher, pid_is_driver
 from api.services.specs import confine_spec
-from synth.records import STAGES, utc_now
+from pipelines.rundirs import write_new_run_dir
+from synth.layout import RunLayout, new_run_id, validate_run_id
+from synth.records import utc_now
 from synth.runstate import TERMINAL_STATES, RunDir, RunProgress, RunStatus
-from synth.shards import atomic_write_bytes
-from synth.spec import SpecError, dump_spec, parse_spec, validate_run_id
+from synth.spec import SpecError, parse_spec
+from synth.stages import stage_names
 
-LOG_NAME = "driver.log"
 _ACTIVE = ("queued", "running")
 
 
@@ -56,13 +54,6 @@ class RunView:
 
     def public(self) -> RunPublic:
         return to_public(self)
-
-
-def new_run_id(name: str, now: datetime | None = None) -> str:
-    """``<slug of name>-<UTC yyyymmdd-hhmmss>-<6 hex>``: readable, sortable, unique."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:48].strip("-._") or "run"
-    stamp = (now or utc_now()).strftime("%Y%m%d-%H%M%S")
-    return validate_run_id(f"{slug}-{stamp}-{secrets.token_hex(3)}")
 
 
 class RunService:
@@ -91,10 +82,9 @@ class RunService:
         except Exception as err:  # any connection error: the address the client gave does not work
             raise SpecError("execution.ray_address", f"cannot reach the Ray cluster: {err}") from None
         run_id = new_run_id(spec.name)
-        run_dir = Path(spec.output_dir) / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)
-        spec_path = run_dir / "spec.yaml"
-        atomic_write_bytes(spec_path, dump_spec(spec).encode())
+        layout = RunLayout(Path(spec.output_dir) / run_id)
+        write_new_run_dir(layout, spec)
+        run_dir, spec_path = layout.root, layout.spec
         rd = RunDir(run_dir)
         rd.write_status(RunStatus(run_id=run_id, name=spec.name, state="queued", ray_address=address))
         row = RunRow(
@@ -105,7 +95,7 @@ class RunService:
             created_at=utc_now(),
             run_dir=str(run_dir),
             spec_path=str(spec_path),
-            log_path=str(run_dir / LOG_NAME),
+            log_path=str(layout.driver_log),
             ray_address=address,
             attempts=1,
         )
@@ -317,7 +307,7 @@ def to_public(view: RunView) -> RunPublic:
     row, status, progress = view.row, view.status, view.progress
     stages: list[StageProgressPublic] = []
     prompt = completion = requests = 0
-    ordered = [s for s in STAGES if s in progress.stages] + [s for s in progress.stages if s not in STAGES]
+    ordered = [s for s in stage_names() if s in progress.stages] + [s for s in progress.stages if s not in stage_names()]
     for name in ordered:
         sp = progress.stages[name]
         llm = sp.llm

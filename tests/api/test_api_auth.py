@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.security import InsecureConfigError, is_loopback
-from synth.cli import main as cli_main
+from agentcpt.cli import main as cli_main
 from synth.settings import get_settings
 
 PROTECTED = [

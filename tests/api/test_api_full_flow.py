@@ -16,8 +16,8 @@ from api_helpers import AUTH, settings_for
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.testing import stop_driver
 from synth.runstate import TERMINAL_STATES
+from testing.api_server import stop_driver
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO / ".." / "shared" / "data"

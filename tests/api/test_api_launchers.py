@@ -77,7 +77,7 @@ def test_ray_launcher_submits_the_driver_command_and_maps_job_states(tmp_path):
     handle = launcher.launch(req)
     (job,) = clients[0].submitted
     assert job["submission_id"] == handle.job_id and handle.job_id.startswith("agentcpt-r1-2-")
-    assert f"-m synth.cli run {req.spec_path} --run-id r1" in job["entrypoint"]
+    assert f"-m agentcpt.cli run {req.spec_path} --run-id r1" in job["entrypoint"]
     assert job["runtime_env"]["env_vars"]["AGENTCPT_DATA_DIR"] == str(tmp_path)
     assert "AGENTCPT_API_TOKEN" not in job["runtime_env"]["env_vars"]
 

@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from api.testing import ApiServer, free_port, wait_for_state
+from testing.api_server import ApiServer, free_port, wait_for_state
 
 PAGES = Path(__file__).resolve().parents[2] / "configs" / "quickstart" / "pages"
 TOKEN = "ray-jobs-test-token-0123456789"

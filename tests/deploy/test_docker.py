@@ -20,7 +20,7 @@ import pytest
 import ray
 import yaml
 
-from synth.cli import build_parser
+from agentcpt.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

@@ -10,8 +10,8 @@ import httpx
 import psutil
 import pytest
 
-from api.testing import ApiServer, stop_driver, wait_for_state
 from synth.runstate import RunDir
+from testing.api_server import ApiServer, stop_driver, wait_for_state
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = REPO / "configs" / "quickstart" / "pages"

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.testing import ApiServer, stop_driver, wait_for_state
+from testing.api_server import ApiServer, stop_driver, wait_for_state
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = REPO / "configs" / "quickstart" / "pages"

@@ -21,7 +21,11 @@ import yaml
 
 from pipelines.progress import LogDisplay
 from pipelines.runner import run_session
-from pipelines.testing import (
+from synth.runstate import RunDir
+from synth.shards import ShardStore
+from synth.spec import parse_spec
+from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig
+from testing.toy_stages import (
     Behaviour,
     planning_responder,
     read_trace,
@@ -29,10 +33,6 @@ from pipelines.testing import (
     toy_pipeline,
     unit_key,
 )
-from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig
-from synth.runstate import RunDir
-from synth.shards import ShardStore
-from synth.spec import parse_spec
 
 assert planning_responder  # the fake server imports it by name
 
@@ -59,14 +59,14 @@ def ids_by_stage(run_dir: Path) -> dict[str, list[str]]:
 
 
 def agentcpt(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from synth.cli import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "import sys; from agentcpt.cli import main; sys.exit(main())", *args]
 
 
 @pytest.mark.slow
 def test_resume_after_driver_sigkill_gives_the_ids_of_an_uninterrupted_run(
     tmp_path: Path, ray_cluster: Any
 ) -> None:
-    config = FakeServerConfig(latency_s=0.05, responder="pipelines.testing:planning_responder")
+    config = FakeServerConfig(latency_s=0.05, responder="testing.toy_stages:planning_responder")
     with FakeOpenAIServer(config) as server:
         spec_path = tmp_path / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(planning_spec(server.base_url)))

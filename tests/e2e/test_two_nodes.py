@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipelines.testing import planning_responder, seed_questions
-from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig
 from synth.runstate import RunDir
 from synth.shards import ShardStore
+from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig
+from testing.toy_stages import planning_responder, seed_questions
 
 assert planning_responder  # the fake server imports it by name
 
@@ -99,7 +99,7 @@ def test_two_ray_nodes_run_a_spec_and_share_one_llm_limiter(
     tmp_path: Path, ray_two_nodes: tuple[str, dict[str, str]]
 ) -> None:
     address, env = ray_two_nodes
-    config = FakeServerConfig(latency_s=0.05, responder="pipelines.testing:planning_responder")
+    config = FakeServerConfig(latency_s=0.05, responder="testing.toy_stages:planning_responder")
     with FakeOpenAIServer(config) as server:
         spec = {
             "name": "two-nodes",
@@ -122,7 +122,7 @@ def test_two_ray_nodes_run_a_spec_and_share_one_llm_limiter(
             subprocess.run([sys.executable, "-c", wait_for_nodes, address], env=env, timeout=180).returncode
             == 0
         )
-        cmd = [sys.executable, "-c", "import sys; from synth.cli import main; sys.exit(main())"]
+        cmd = [sys.executable, "-c", "import sys; from agentcpt.cli import main; sys.exit(main())"]
         run = subprocess.run(
             [*cmd, "run", "spec.yaml", "--run-id", "two-nodes", "--ray-address", address],
             cwd=tmp_path,

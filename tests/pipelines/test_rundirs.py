@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.rundirs import new_run_id, output_changing_difference, prepare_run_dir
+from pipelines.rundirs import output_changing_difference, prepare_run_dir
+from synth.layout import new_run_id, validate_run_id
 from synth.runstate import RunDir
-from synth.spec import SpecError, parse_spec, validate_run_id
+from synth.spec import SpecError, parse_spec
 
 
 def spec(**overrides: object) -> object:

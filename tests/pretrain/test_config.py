@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pretrain.config import CPTConfig, load_cpt_config
-from synth.spec import SpecError
+from synth.errors import SpecError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "cpt"
 

@@ -137,7 +137,7 @@ def hf_model(
     return request.param, path, hf
 
 
-def _mcore_from_hf(path: Path) -> tuple[model.DenseArchitecture, torch.nn.Module]:
+def _mcore_from_hf(path: Path) -> tuple[model.Architecture, torch.nn.Module]:
     arch = model.load_architecture(path)
     config = model.transformer_config(arch, model.ParallelSizes(), torch.float32, use_cpu_initialization=True)
     gpt = model.build_gpt_model(arch, config, "local", seq_length=SEQ)
@@ -191,7 +191,7 @@ def test_export_reloads_in_transformers_with_identical_weights_and_logits(
 # ----------------------------------------------------------------------------- layout
 
 
-def _arch(**overrides: object) -> model.DenseArchitecture:
+def _arch(**overrides: object) -> model.Architecture:
     base = dict(
         family="llama",
         vocab_size=128,
@@ -209,10 +209,10 @@ def _arch(**overrides: object) -> model.DenseArchitecture:
         qk_norm=False,
     )
     base.update(overrides)
-    return model.DenseArchitecture.model_validate(base)
+    return model.Architecture.model_validate(base)
 
 
-def _labelled_hf_state(arch: model.DenseArchitecture) -> dict[str, torch.Tensor]:
+def _labelled_hf_state(arch: model.Architecture) -> dict[str, torch.Tensor]:
     """An HF state whose q/k/v rows hold their head number (q: 0..3, k: 10+g, v: 20+g)."""
     h, hd = arch.hidden_size, arch.head_dim
     p = "model.layers.0."

@@ -14,11 +14,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pretrain import tokenize as tok_mod
 from pretrain.blend import load_blend
 from pretrain.tokenize import tokenize_command, tokenize_files
-from synth.cli import main as cli_main
-from synth.corpus import CorpusConfig
+from agentcpt.cli import main as cli_main
 from synth.records import CorpusRecord, Failure
 from synth.shards import ShardStore
 from synth.spec import RunSpec, StagesConfig, dump_spec
+from synth.stages.corpus import CorpusConfig
 from synth.tokens import load_tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -300,7 +300,7 @@ def test_megatron_scheduler_warms_up_then_decays(optim: dict[str, Any], expected
 
 
 def test_mfu_counts_6n_plus_causal_attention() -> None:
-    arch = model.DenseArchitecture(
+    arch = model.Architecture(
         family="llama",
         vocab_size=1000,
         hidden_size=64,
@@ -325,7 +325,7 @@ def test_mfu_counts_6n_plus_causal_attention() -> None:
 def test_cli_reports_a_bad_config_in_one_line_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from synth.cli import main as agentcpt
+    from agentcpt.cli import main as agentcpt
 
     bad = tmp_path / "cpt.yaml"
     bad.write_text("name: x\nmodel: {hf_dir: embedded}\ncheckpoint: {dir: ckpt}\nstages: []\n")

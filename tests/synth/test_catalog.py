@@ -85,7 +85,7 @@ def test_catalog_file_browses_the_run_from_the_output_dirs_parent(tmp_path: Path
 
 def test_stats_cli_prints_tables_and_runs_sql(tmp_path: Path) -> None:
     make_run(tmp_path)
-    base = [sys.executable, "-m", "synth.cli", "stats", "demo-1", "--output-dir", str(tmp_path / "runs")]
+    base = [sys.executable, "-m", "agentcpt.cli", "stats", "demo-1", "--output-dir", str(tmp_path / "runs")]
     out = subprocess.run(base, capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert "planning" in out and "content_inconsistency" in out
     q = subprocess.run(base + ["--sql", "select reason, count(*) n from planning group by 1 order by 2 desc"],
@@ -96,6 +96,6 @@ def test_stats_cli_prints_tables_and_runs_sql(tmp_path: Path) -> None:
 
 
 def test_stats_of_unknown_run_exits_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "synth.cli", "stats", "nope", "--output-dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "agentcpt.cli", "stats", "nope", "--output-dir", str(tmp_path)],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "no run 'nope'" in proc.stderr

@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from synth.corpus import STAGE, CorpusCandidate, CorpusConfig, summarize_corpus
-from synth.llm.testing import ScriptedLLM
 from synth.records import (
     CorpusRecord,
     DecisionRecord,
@@ -27,7 +25,9 @@ from synth.records import (
 from synth.shards import ShardStore
 from synth.spec import SpecError, parse_spec
 from synth.stage import StageContext
+from synth.stages.corpus import STAGE, CorpusCandidate, CorpusConfig, summarize_corpus
 from synth.tokens import load_tokenizer
+from testing.scripted_llm import ScriptedLLM
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BROWSECOMP = SHARED_DATA / "benchmarks" / "browsecomp_200.jsonl"

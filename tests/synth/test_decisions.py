@@ -10,11 +10,8 @@ from typing import Any
 
 import pytest
 
-from synth.decisions import STAGE as DECISIONS
-from synth.decisions import Candidates
 from synth.ids import content_hash
 from synth.llm.base import LLMTimeout
-from synth.llm.testing import ScriptedLLM
 from synth.records import (
     DecisionRecord,
     Failure,
@@ -25,9 +22,12 @@ from synth.records import (
     table_to_records,
 )
 from synth.render.traces import render_step
-from synth.rollouts import STAGE as ROLLOUTS
 from synth.spec import parse_spec
 from synth.stage import StageContext
+from synth.stages.decisions import STAGE as DECISIONS
+from synth.stages.decisions import Candidates
+from synth.stages.rollouts import STAGE as ROLLOUTS
+from testing.scripted_llm import ScriptedLLM
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 WEBDANCER = SHARED_DATA / "trajectories" / "webdancer_sample_traj.jsonl"

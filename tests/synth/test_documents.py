@@ -14,11 +14,11 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from synth.documents import STAGE, DocumentsConfig
-from synth.llm.testing import ScriptedLLM
 from synth.records import DocumentRecord, Failure
 from synth.spec import parse_spec
 from synth.stage import StageContext, StageOutput
+from synth.stages.documents import STAGE, DocumentsConfig
+from testing.scripted_llm import ScriptedLLM
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ingest"
 REPO = Path(__file__).resolve().parents[2]

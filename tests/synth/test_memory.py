@@ -7,19 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from synth.entities import canonical_entity, entity_key
 from synth.llm.base import LLMTimeout
-from synth.llm.testing import ScriptedLLM
-from synth.memory import (
-    STAGE,
-    MemoryChunk,
-    StatementBatch,
-    canonical_entity,
-    chunk_text,
-    entity_key,
-)
 from synth.records import DocumentRecord, MemoryRecord
 from synth.spec import parse_spec
 from synth.stage import StageContext
+from synth.stages.memory import (
+    STAGE,
+    MemoryChunk,
+    StatementBatch,
+    chunk_text,
+)
+from testing.scripted_llm import ScriptedLLM
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = REPO / "configs" / "quickstart" / "pages"
@@ -75,7 +74,7 @@ TRANSIT_2 = (
 
 
 def test_a_reposted_page_is_removed_as_a_duplicate_naming_the_kept_page(tmp_path: Path) -> None:
-    from synth.documents import STAGE as DOCUMENTS
+    from synth.stages.documents import STAGE as DOCUMENTS
 
     spec = parse_spec(
         {

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synth.llm.testing import ScriptedLLM
-from synth.memory import STAGE as MEMORY
 from synth.records import DocumentRecord
 from synth.spec import parse_spec
 from synth.stage import StageContext
+from synth.stages.memory import STAGE as MEMORY
+from testing.scripted_llm import ScriptedLLM
 
 
 def docs() -> list[DocumentRecord]:

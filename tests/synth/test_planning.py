@@ -12,8 +12,6 @@ import pytest
 
 from synth.knowledge import KnowledgeCache, format_statements, knowledge_cache
 from synth.llm.base import LLMInvalidOutput, LLMTimeout, Message
-from synth.llm.testing import ScriptedLLM
-from synth.planning import PROMPT_VERSION, STAGE, PlanningConfig, PlanningStage
 from synth.records import (
     Failure,
     MemoryRecord,
@@ -26,6 +24,8 @@ from synth.registry import get_stage
 from synth.render import tags
 from synth.spec import SpecError, parse_spec
 from synth.stage import StageContext, StageOutput
+from synth.stages.planning import STAGE, PlanningConfig, PlanningStage
+from testing.scripted_llm import ScriptedLLM
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -124,7 +124,7 @@ def test_valid_search_plan_accepted_by_judge_is_rendered_with_one_tool_call(tmp_
     assert (record.accepted, record.reason, record.rationale) == (True, "accepted", "Finds both facts.")
     assert record.action is not None and record.action.tool == "search"
     assert record.question_id == "q1" and record.parent_ids == ["q1"]
-    assert record.prompt_version == PROMPT_VERSION and record.model == "planner"
+    assert record.prompt_fingerprint == STAGE.prompt_fingerprint and record.model == "planner"
     assert record.text is not None
     calls = tags.find_tool_calls(record.text)
     assert len(calls) == 1 and tags.parse_tool_call(calls[0]) == record.action

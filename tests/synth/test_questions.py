@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from synth.llm.testing import ScriptedLLM
-from synth.questions import (
+from synth.records import MemoryRecord, QuestionRecord
+from synth.spec import parse_spec
+from synth.stage import StageContext
+from synth.stages.questions import (
     STAGE,
     ClusterStatement,
     QuestionCluster,
@@ -21,9 +23,7 @@ from synth.questions import (
     question_messages,
     resolve_handles,
 )
-from synth.records import MemoryRecord, QuestionRecord
-from synth.spec import parse_spec
-from synth.stage import StageContext
+from testing.scripted_llm import ScriptedLLM
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -343,9 +343,9 @@ def _free_port() -> int:
 def test_the_real_embedded_model_turns_three_pages_into_valid_statements_and_questions(
     tmp_path: Path,
 ) -> None:
-    from synth.documents import STAGE as DOCUMENTS
     from synth.llm.client import LLMClient
-    from synth.memory import STAGE as MEMORY
+    from synth.stages.documents import STAGE as DOCUMENTS
+    from synth.stages.memory import STAGE as MEMORY
 
     pages = [
         "01-riverton-tourism-2024.html",

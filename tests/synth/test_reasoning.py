@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from synth.llm.base import LLMHTTPError, LLMInvalidOutput, LLMTimeout, Message
-from synth.llm.testing import ScriptedLLM
-from synth.reasoning import PROMPT_VERSION, STAGE, ReasoningStage, Step1Draft, Step2Draft
 from synth.records import MemoryRecord, QuestionRecord, ReasoningRecord, records_to_table, table_to_records
 from synth.registry import get_stage
 from synth.render import tags
 from synth.spec import parse_spec
 from synth.stage import StageContext, StageOutput
+from synth.stages.reasoning import STAGE, ReasoningStage, Step1Draft, Step2Draft
+from testing.scripted_llm import ScriptedLLM
 
 MEMORY = [
     MemoryRecord(
@@ -114,7 +114,7 @@ def test_exact_match_is_kept_without_a_judge_call_and_rendered(tmp_path: Path) -
     assert (record.correct, record.decided_by, record.reject_reason) == (True, "exact", None)
     assert (
         record.final_answer == "1847"
-        and record.prompt_version == PROMPT_VERSION
+        and record.prompt_fingerprint == STAGE.prompt_fingerprint
         and record.model == "reasoner"
     )
     assert record.parent_ids == ["q1"] and record.question_id == "q1"

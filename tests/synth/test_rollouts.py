@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from synth.llm.base import LLMTimeout
-from synth.llm.testing import ScriptedLLM
 from synth.records import (
     DocumentRecord,
     Failure,
@@ -22,7 +21,9 @@ from synth.records import (
     records_to_table,
     table_to_records,
 )
-from synth.rollouts import (
+from synth.spec import parse_spec
+from synth.stage import StageContext
+from synth.stages.rollouts import (
     FORCE_ANSWER,
     QuestionItem,
     RolloutsConfig,
@@ -30,9 +31,8 @@ from synth.rollouts import (
     context_tokens,
     parse_turn,
 )
-from synth.rollouts import STAGE as ROLLOUTS
-from synth.spec import parse_spec
-from synth.stage import StageContext
+from synth.stages.rollouts import STAGE as ROLLOUTS
+from testing.scripted_llm import ScriptedLLM
 
 Responder = Callable[[list[dict[str, Any]], Any], Any]
 

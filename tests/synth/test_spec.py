@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from synth.spec import SpecError, check_inputs, load_spec, parse_spec
+from synth.inputs import check_inputs
+from synth.spec import SpecError, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,7 +88,7 @@ def test_cli_exits_2_with_one_line_naming_the_field(tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text("name: x\nstages:\n  planning: {k: 2}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "synth.cli", "run", str(spec)], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "agentcpt.cli", "run", str(spec)], capture_output=True, text=True, cwd=REPO
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

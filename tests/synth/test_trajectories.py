@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from synth.llm.testing import ScriptedLLM
 from synth.records import Failure, RolloutRecord, records_to_table, table_to_records
-from synth.rollouts import STAGE as ROLLOUTS
 from synth.spec import SpecError, parse_spec
 from synth.stage import StageContext
+from synth.stages.rollouts import STAGE as ROLLOUTS
 from synth.trajectories import (
     TrajectoryFormatError,
     load_trajectory,
@@ -22,6 +21,7 @@ from synth.trajectories import (
     question_from_user_text,
     scan_trajectory_files,
 )
+from testing.scripted_llm import ScriptedLLM
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 WEBDANCER = SHARED_DATA / "trajectories" / "webdancer_sample_traj.jsonl"

@@ -27,7 +27,7 @@ from synth.llm.embedded import (
     serve_command,
     served_models,
 )
-from synth.llm.fake_server import FakeOpenAIServer
+from testing.fake_llm_server import FakeOpenAIServer
 
 
 def free_port() -> int:

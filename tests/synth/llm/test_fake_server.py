@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from synth.llm.client import response_format
-from synth.llm.fake_server import (
+from testing.fake_llm_server import (
     FakeOpenAIServer,
     FakeServerConfig,
     FaultPlan,

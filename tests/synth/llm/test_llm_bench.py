@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from synth.cli import UsageError, main
-from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig
+from synth.errors import UsageError, main
+from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig
 
 
 def test_llm_bench_cli_prints_json_with_rate_latency_errors_and_memory(

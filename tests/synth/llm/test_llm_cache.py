@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from synth.llm.cache import CachedReply, RequestCache, request_key
 from synth.llm.client import CompletionRequest, LLMClient
 from synth.llm.config import LLMConfig
-from synth.llm.fake_server import FakeOpenAIServer
+from testing.fake_llm_server import FakeOpenAIServer
 
 MSGS = [{"role": "user", "content": "hello"}]
 PARAMS = {"temperature": 0.0, "max_tokens": 16}

@@ -27,9 +27,9 @@ from synth.llm.client import (
     parse_retry_after,
 )
 from synth.llm.config import LLMConfig
-from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig, FaultPlan
 from synth.llm.limits import LocalLimiter
-from synth.llm.testing import ScriptedLLM
+from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig, FaultPlan
+from testing.scripted_llm import ScriptedLLM
 
 
 class Verdict(BaseModel):

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from synth.answers import normalize_answer
 from synth.ids import canonical_json, content_hash, record_id
@@ -39,11 +39,10 @@ from synth.llm.base import LLM, LLMError, LLMInvalidOutput, Message
 from synth.records import DecisionRecord, DecisionStep, Failure, RolloutRecord, ToolAction, TrajectoryStep
 from synth.render import tags
 from synth.render.traces import estimate_tokens, render_action, render_decisions, render_step, step_answer
-from synth.stage import Stage, StageContext, StageOutput
+from synth.stage import Stage, StageContext, StageOutput, Verdict
 from synth.toolset import TOOL_DESCRIPTIONS, normalize_arguments, validate_tool_call
 
 ToolName = Literal["search", "visit", "python"]
-PROMPT_VERSION = "decisions-v1"
 
 
 class DecisionsConfig(BaseModel):
@@ -363,7 +362,7 @@ async def decide(rollout: RolloutRecord, ctx: StageContext, cfg: DecisionsConfig
     steps = [step for step, _ in results]
     text = render_decisions(rollout.question, steps, rollout.outcome)
     params = {
-        "prompt_version": PROMPT_VERSION,
+        "prompt": STAGE.prompt_fingerprint,
         "model": ctx.llm.model_name,
         "alternatives": cfg.alternatives,
         "seed": ctx.seed,
@@ -382,27 +381,20 @@ async def decide(rollout: RolloutRecord, ctx: StageContext, cfg: DecisionsConfig
     )
 
 
-class DecisionsStage(Stage):
+class DecisionsStage(Stage[DecisionsConfig, RolloutRecord]):
+    config_type = DecisionsConfig
+    record_type = DecisionRecord
+    verdict = Verdict(accepted_sql="outcome = 'correct'", rejected_sql="outcome = 'incorrect'")
+    summary_fields = ('outcome', 'trajectory_id')
     name = "decisions"
     upstream = ("rollouts",)
     barrier = False
 
-    async def process(self, items: Sequence[Any], ctx: StageContext) -> StageOutput:
+    async def process(self, items: Sequence[RolloutRecord], ctx: StageContext) -> StageOutput:
         """One decision record (or Failure) per rollout record of the unit."""
-        cfg: DecisionsConfig = self.config(ctx.spec)  # type: ignore[assignment]
+        cfg = self.config(ctx.spec)
         out = StageOutput()
-        rollouts: list[RolloutRecord] = []
-        for item in items:
-            try:
-                rollouts.append(
-                    item if isinstance(item, RolloutRecord) else RolloutRecord.model_validate(item)
-                )
-            except ValidationError as err:
-                item_id = item.get("id", "?") if isinstance(item, dict) else getattr(item, "id", "?")
-                out.failures.append(
-                    Failure(input_ids=[str(item_id)], error_kind="invalid_input", message=str(err)[:500])
-                )
-        for result in await asyncio.gather(*(decide(r, ctx, cfg) for r in rollouts)):
+        for result in await asyncio.gather(*(decide(r, ctx, cfg) for r in items)):
             (out.failures if isinstance(result, Failure) else out.records).append(result)  # type: ignore[arg-type]
         return out
 

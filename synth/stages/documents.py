@@ -7,7 +7,7 @@ per-document filters, each drop counted under its reason (``dropped_too_short``,
 
 Deduplication is not done here: units run in parallel and a duplicate may sit in another
 unit, so the ``memory`` stage, which sees every document, drops duplicates before
-chunking (``synth.memory.MemoryStage.prepare``).
+chunking (``synth.stages.memory.MemoryStage.prepare``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from synth.dedup import normalize_text
 from synth.ids import record_id
 from synth.ingest.sources import InputError, SourceItem, enumerate_sources, reader_for_format
+from synth.inputs import resolve_globs
 from synth.records import DocumentRecord, Failure
 from synth.stage import Prepared, Stage, StageContext, StageOutput
 
@@ -170,27 +171,26 @@ def ingest_item(item: SourceItem, cfg: DocumentsConfig, run_id: str) -> Document
     return ingest_items([item], cfg, run_id)[0]
 
 
-class DocumentsStage(Stage):
+class DocumentsStage(Stage[DocumentsConfig, SourceItem]):
     """Input files to DocumentRecords; every input ends as a record or a counted Failure."""
 
+    config_type = DocumentsConfig
+    record_type = DocumentRecord
+    summary_fields = ('url', 'title', 'source_type', 'n_chars')
     name = "documents"
     upstream = ()
     barrier = True
 
-    def prepare(self, ctx: StageContext) -> Prepared:
+    def prepare(self, ctx: StageContext) -> Prepared[SourceItem]:
         """One cheap item per page, in glob order; unreadable files and bad lines as Failures."""
-        # Imported here: synth.spec imports this module for DocumentsConfig.
-        from synth.spec import resolve_globs
-
         paths = resolve_globs(ctx.spec.inputs.web, "inputs.web", base_dir=ctx.base_dir)
         items, dropped = enumerate_sources(paths, ctx.base_dir)
         return Prepared(items=items, dropped=dropped)
 
-    async def process(self, items: Sequence[Any], ctx: StageContext) -> StageOutput:
+    async def process(self, items: Sequence[SourceItem], ctx: StageContext) -> StageOutput:
         cfg = self.config(ctx.spec)
-        assert isinstance(cfg, DocumentsConfig)
         # Items may arrive as plain dicts when a runner serializes them between processes.
-        source_items = [i if isinstance(i, SourceItem) else SourceItem.model_validate(i) for i in items]
+        source_items = list(items)
         # CPU-bound (~2.5 ms a page): off the event loop, so a worker running LLM-bound units
         # of other stages concurrently keeps serving them.
         results = await asyncio.to_thread(ingest_items, source_items, cfg, ctx.run_id)

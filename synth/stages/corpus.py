@@ -28,7 +28,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, model_validator
 
 from synth.decontam import NgramIndex, load_benchmark_questions
+from synth.errors import SpecError
 from synth.ids import record_id
+from synth.inputs import resolve_globs
 from synth.records import (
     CorpusKind,
     CorpusRecord,
@@ -259,7 +261,6 @@ def build_decontam_index(cfg: CorpusConfig, base_dir: Path | None) -> NgramIndex
     if not cfg.decontaminate:
         return None
     from synth.decontam import BenchmarkFileError
-    from synth.spec import SpecError, resolve_globs  # lazy: synth.spec imports this module
 
     paths: list[Path] = []
     for i, pattern in enumerate(cfg.decontaminate):
@@ -293,14 +294,16 @@ def resolve_tokenizer_path(cfg: CorpusConfig, base_dir: Path | None) -> Path | N
     return p if p.is_absolute() or base_dir is None else base_dir / p
 
 
-class CorpusStage(Stage):
+class CorpusStage(Stage[CorpusConfig, CorpusCandidate]):
+    config_type = CorpusConfig
+    record_type = CorpusRecord
+    summary_fields = ('kind', 'cpt_stage', 'n_tokens')
     name = "corpus"
     upstream = ("planning", "reasoning", "rollouts", "decisions", "memory")
     barrier = True
 
-    def prepare(self, ctx: StageContext) -> Prepared:
+    def prepare(self, ctx: StageContext) -> Prepared[CorpusCandidate]:
         cfg = self.config(ctx.spec)
-        assert isinstance(cfg, CorpusConfig)
         enabled = set(ctx.spec.stages.enabled())
         # Memory is read only for knowledge texts (it can be the largest upstream stage).
         sources = [s for s in self.upstream if s in enabled and (s != "memory" or cfg.include_knowledge)]
@@ -318,7 +321,6 @@ class CorpusStage(Stage):
         from synth.tokens import load_tokenizer  # lazy: keeps `synth.spec` imports light
 
         cfg = self.config(ctx.spec)
-        assert isinstance(cfg, CorpusConfig)
         tokenizer = load_tokenizer(resolve_tokenizer_path(cfg, ctx.base_dir))
         counts = tokenizer.count_tokens([c.text for c in items])
         out = StageOutput()

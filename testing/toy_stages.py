@@ -326,9 +326,9 @@ def planning_responder(body: dict[str, Any]) -> Any:
 
     Deterministic per request (a function of the messages only), so a resumed run and an
     uninterrupted one produce the same records. Other requests get the schema responder's
-    reply. Use as ``FakeServerConfig(responder="pipelines.testing:planning_responder")``.
+    reply. Use as ``FakeServerConfig(responder="testing.toy_stages:planning_responder")``.
     """
-    from synth.llm.fake_server import messages_digest, schema_responder
+    from testing.fake_llm_server import messages_digest, schema_responder
 
     fmt = body.get("response_format") or {}
     name = (fmt.get("json_schema") or {}).get("name")

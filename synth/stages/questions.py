@@ -25,14 +25,14 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from synth.dedup import normalize_text
+from synth.entities import Rejection, entity_key, numbers_in
 from synth.ids import content_hash, record_id
 from synth.llm.base import LLMError, Message
-from synth.memory import Rejection, entity_key, numbers_in
 from synth.records import Failure, MemoryRecord, QuestionRecord, QuestionStyle
 from synth.stage import Prepared, Stage, StageContext, StageOutput
 
@@ -210,7 +210,6 @@ def assign_styles(
 # Prompt (one place, versioned: the version is part of every record id)
 # ---------------------------------------------------------------------------
 
-QUESTIONS_PROMPT_VERSION = "questions-v1"
 
 _SYSTEM = "You write quiz questions from facts. Reply with JSON only."
 STYLE_INSTRUCTIONS: dict[str, str] = {
@@ -405,21 +404,20 @@ def _ungrounded(answer: str, cited: Sequence[ClusterStatement]) -> str | None:
 # ---------------------------------------------------------------------------
 
 
-class QuestionsStage(Stage):
+class QuestionsStage(Stage[QuestionsConfig, QuestionCluster]):
     """Memory statements to multi-style QuestionRecords, via seeded entity clusters."""
 
+    config_type = QuestionsConfig
+    record_type = QuestionRecord
+    summary_fields = ('style', 'question', 'answer')
     name = "questions"
     upstream = ("memory",)
     barrier = True
 
-    def prepare(self, ctx: StageContext) -> Prepared:
+    def prepare(self, ctx: StageContext) -> Prepared[QuestionCluster]:
         """Clusters in a seeded, deterministic order, each with its statements and styles."""
         cfg = self.config(ctx.spec)
-        assert isinstance(cfg, QuestionsConfig)
-        memory = [
-            m if isinstance(m, MemoryRecord) else MemoryRecord.model_validate(m)
-            for m in ctx.read_stage("memory")
-        ]
+        memory = cast(list[MemoryRecord], list(ctx.read_stage("memory")))
         memory.sort(key=lambda m: m.id)
         by_entity: dict[str, list[MemoryRecord]] = defaultdict(list)
         for m in memory:
@@ -464,10 +462,9 @@ class QuestionsStage(Stage):
             )
         return Prepared(items=items, dropped=dropped)
 
-    async def process(self, items: Sequence[Any], ctx: StageContext) -> StageOutput:
+    async def process(self, items: Sequence[QuestionCluster], ctx: StageContext) -> StageOutput:
         cfg = self.config(ctx.spec)
-        assert isinstance(cfg, QuestionsConfig)
-        clusters = [c if isinstance(c, QuestionCluster) else QuestionCluster.model_validate(c) for c in items]
+        clusters = list(items)
         jobs = [(cluster, style) for cluster in clusters for style in cluster.styles]
         results = await asyncio.gather(*(self._question(cluster, style, cfg, ctx) for cluster, style in jobs))
         out = StageOutput()
@@ -519,7 +516,7 @@ class QuestionsStage(Stage):
             id=record_id(
                 "questions",
                 knowledge_ids,
-                {"prompt": QUESTIONS_PROMPT_VERSION, "cluster": cluster.cluster_id, "style": style},
+                {"prompt": STAGE.prompt_fingerprint, "cluster": cluster.cluster_id, "style": style},
                 {"question": question, "answer": answer},
             ),
             run_id=ctx.run_id,

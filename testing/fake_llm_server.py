@@ -29,7 +29,7 @@ Faults are chosen per request, first match wins:
    e.g. ``["rate_limit", "server_error"]`` fails every request's first two attempts;
 4. ``faults.rates``: an independent probability per kind (seeded).
 
-Run as a module for a standalone server: ``python -m synth.llm.fake_server --port 8099``.
+Run as a module for a standalone server: ``python -m testing.fake_llm_server --port 8099``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ closes. ``drop``: the connection closes without any response. ``garbage``: a wel
 completion whose content is not JSON (tests the invalid-output path)."""
 
 FAULT_KINDS: tuple[str, ...] = ("rate_limit", "server_error", "slow", "truncated", "cut", "drop", "garbage")
-DEFAULT_RESPONDER = "synth.llm.fake_server:schema_responder"
+DEFAULT_RESPONDER = "testing.fake_llm_server:schema_responder"
 
 
 class FaultPlan(BaseModel):
@@ -564,7 +564,7 @@ class FakeOpenAIServer:
 
     def _start_process(self) -> None:
         argv = [
-            sys.executable, "-m", "synth.llm.fake_server", "--host", self.host, "--port", str(self.port),
+            sys.executable, "-m", "testing.fake_llm_server", "--host", self.host, "--port", str(self.port),
             "--config-json", self.config.model_dump_json(), "--watch-stdin",
         ]  # fmt: skip
         # stderr goes to a file, not a pipe: an unread pipe fills up and blocks the server.

@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, model_validator
 
 from synth.answers import answer_consistent, match_answers, mentions_answer
 from synth.ids import record_id
+from synth.judges import AnswerVerdict, build_judge_messages
 from synth.knowledge import format_statements, statements_for_questions
 from synth.llm.base import LLM, LLMError, Message
 from synth.llm.config import completion_cap
 from synth.records import Failure, MemoryRecord, QuestionRecord, ReasoningRecord
 from synth.render.fas import render_reasoning
-from synth.stage import Stage, StageContext, StageOutput
+from synth.stage import Stage, StageContext, StageOutput, Verdict
 
 
 class ReasoningConfig(BaseModel):
@@ -62,10 +63,9 @@ RejectReason = Literal["wrong_answer", "unverified", "too_short", "too_long", "a
 
 
 # ---------------------------------------------------------------------------
-# Prompts (bump PROMPT_VERSION whenever a prompt below changes; it is written into records)
+# Prompts (their text is hashed into the stage's prompt fingerprint, checked on resume)
 # ---------------------------------------------------------------------------
 
-PROMPT_VERSION = "reasoning-v1"
 
 STEP1_SYSTEM = """Answer the question from your own knowledge, without tools. Split it into sub-questions, answer each, and end with "So the answer is ...".
 Reply with one JSON object: {"reasoning": "your step-by-step reasoning", "answer": "short answer"}"""
@@ -94,30 +94,6 @@ STEP2_EXAMPLE_REPLY = (
     '{"reasoning": "(1) The facts confirm that Alexander Graham Bell patented the telephone. (2) The birth year '
     'was a guess; the facts say Bell was born in 1847. So the answer is 1847.", "final_answer": "1847"}'
 )
-
-JUDGE_SYSTEM = """You grade an answer against the gold answer of a question. It is correct when it means the same thing as the gold answer, even if worded differently; it is wrong when it names something else.
-Reply with one JSON object: {"correct": true or false, "rationale": "one sentence"}"""
-JUDGE_USER = """Question: {question}
-Gold answer: {gold}
-Answer to grade: {predicted}"""
-# One example of each verdict, the rejection last: a weak judge tends to copy the last
-# example, and rejecting a right answer costs a sample while keeping a wrong one pollutes
-# the corpus.
-JUDGE_EXAMPLES: tuple[tuple[str, str, str, str], ...] = (
-    (
-        "Which ship was found abandoned near the Azores in December 1872?",
-        "Mary Celeste",
-        "the brigantine Mary Celeste",
-        '{"correct": true, "rationale": "Both name the ship Mary Celeste."}',
-    ),
-    (
-        "Which lake is the source of the Nile's longest branch?",
-        "Lake Victoria",
-        "Lake Tana",
-        '{"correct": false, "rationale": "Lake Tana is the source of the Blue Nile, not Lake Victoria."}',
-    ),
-)
-
 
 def _clip(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
@@ -149,16 +125,6 @@ def build_step2_messages(
         {"role": "assistant", "content": STEP2_EXAMPLE_REPLY},
         {"role": "user", "content": user},
     ]
-
-
-def build_judge_messages(question: str, gold: str, predicted: str) -> list[Message]:
-    """The answer judge: one correct and one wrong example, then the question, gold and answer."""
-    messages: list[Message] = [{"role": "system", "content": JUDGE_SYSTEM}]
-    for ex_question, ex_gold, ex_predicted, ex_reply in JUDGE_EXAMPLES:
-        ex_user = JUDGE_USER.format(question=ex_question, gold=ex_gold, predicted=ex_predicted)
-        messages += [{"role": "user", "content": ex_user}, {"role": "assistant", "content": ex_reply}]
-    user = JUDGE_USER.format(question=question, gold=gold, predicted=_clip(predicted, 500))
-    return [*messages, {"role": "user", "content": user}]
 
 
 # ---------------------------------------------------------------------------
@@ -215,27 +181,6 @@ class Step2Draft(BaseModel):
             data = dict(data)
             _take_alias(data, "reasoning", ("step2", "thought", "thinking", "analysis"))
             _take_alias(data, "final_answer", ("answer", "a2"))
-        return data
-
-
-class AnswerVerdict(BaseModel):
-    """The judge's reply ("yes"/"no"/"true"/"false" are accepted as booleans)."""
-
-    model_config = ConfigDict(extra="ignore")
-    correct: bool = Field(description="the answer means the same as the gold answer")
-    rationale: str = Field("", description="one sentence saying why")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _aliases(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            _take_alias(data, "correct", ("verdict", "is_correct", "match"))
-            if isinstance(data.get("correct"), str):
-                word = data["correct"].strip().lower()
-                data["correct"] = {"correct": True, "incorrect": False, "wrong": False}.get(word, word)
-            if data.get("rationale") is None:
-                data["rationale"] = ""
         return data
 
 
@@ -323,7 +268,7 @@ async def reason_question(
         reject = second_filter(reasoning1, step2, final_answer, cfg)
 
     params = {
-        "prompt_version": PROMPT_VERSION,
+        "prompt": STAGE.prompt_fingerprint,
         "model": llm.model_name,
         "judge_model": judge_llm.model_name if cfg.judge else None,
     }
@@ -341,7 +286,7 @@ async def reason_question(
         correct=reject is None,
         decided_by=decided_by,
         reject_reason=reject,
-        prompt_version=PROMPT_VERSION,
+        prompt_fingerprint=STAGE.prompt_fingerprint,
     )
     if record.correct:
         record.text = render_reasoning(record, question.question)
@@ -367,14 +312,19 @@ async def reason(
     )
 
 
-class ReasoningStage(Stage):
+class ReasoningStage(Stage[ReasoningConfig, QuestionRecord]):
     """Map stage over `questions` units: one reasoning record or failure per question."""
 
+    config_type = ReasoningConfig
+    record_type = ReasoningRecord
+    verdict = Verdict(accepted_sql="correct", rejected_sql="NOT correct")
+    summary_fields = ('correct', 'final_answer', 'decided_by')
+    shared_prompt_modules = ('synth.judges',)
     name = "reasoning"
     upstream = ("questions",)
 
     async def process(self, items: Sequence[QuestionRecord], ctx: StageContext) -> StageOutput:
-        cfg = cast(ReasoningConfig, self.config(ctx.spec))
+        cfg = self.config(ctx.spec)
         cfg = cfg.model_copy(
             update={
                 "max_tokens": completion_cap(cfg.max_tokens, ctx.spec.llm.max_tokens),

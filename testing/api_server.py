@@ -63,7 +63,7 @@ class ApiServer:
             "AGENTCPT_DATA_DIR": str(self.data_dir),
             "AGENTCPT_API_TOKEN": self.token,
         }
-        cmd = [sys.executable, "-m", "synth.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "agentcpt.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, env=env, cwd=self.data_dir, stdout=log, stderr=subprocess.STDOUT

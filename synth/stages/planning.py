@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
@@ -34,7 +34,7 @@ from synth.llm.base import LLM, LLMError, Message
 from synth.llm.config import completion_cap
 from synth.records import Failure, MemoryRecord, PlanningReason, PlanningRecord, QuestionRecord, ToolAction
 from synth.render.fas import render_planning
-from synth.stage import Stage, StageContext, StageOutput
+from synth.stage import Stage, StageContext, StageOutput, Verdict
 from synth.toolset import TOOL_DESCRIPTIONS, TOOLS, normalize_arguments, validate_tool_call
 
 
@@ -69,10 +69,9 @@ class PlanningConfig(BaseModel):
 
 
 # ---------------------------------------------------------------------------
-# Prompts (bump PROMPT_VERSION whenever a prompt below changes; it is written into records)
+# Prompts (their text is hashed into the stage's prompt fingerprint, checked on resume)
 # ---------------------------------------------------------------------------
 
-PROMPT_VERSION = "planning-v1"
 
 # The pseudo-tool a direct answer is written as, in the model's reply only.
 ANSWER_TOOL = "answer"
@@ -374,7 +373,7 @@ async def plan_question(
     checked = check_action(draft, cfg)
     analysis = draft.analysis.strip()
     params = {
-        "prompt_version": PROMPT_VERSION,
+        "prompt": STAGE.prompt_fingerprint,
         "model": llm.model_name,
         "judge_model": judge_llm.model_name if cfg.judge else None,
     }
@@ -397,7 +396,7 @@ async def plan_question(
             accepted=accepted,
             reason=reason,
             rationale=rationale,
-            prompt_version=PROMPT_VERSION,
+            prompt_fingerprint=STAGE.prompt_fingerprint,
         )
         if accepted:
             record.text = render_planning(record, question.question)
@@ -446,14 +445,18 @@ async def plan(
     )
 
 
-class PlanningStage(Stage):
+class PlanningStage(Stage[PlanningConfig, QuestionRecord]):
     """Map stage over `questions` units: one planning record or failure per question."""
 
+    config_type = PlanningConfig
+    record_type = PlanningRecord
+    verdict = Verdict(accepted_sql="accepted", rejected_sql="NOT accepted")
+    summary_fields = ('accepted', 'reason')
     name = "planning"
     upstream = ("questions",)
 
     async def process(self, items: Sequence[QuestionRecord], ctx: StageContext) -> StageOutput:
-        cfg = cast(PlanningConfig, self.config(ctx.spec))
+        cfg = self.config(ctx.spec)
         cfg = cfg.model_copy(
             update={
                 "max_tokens": completion_cap(cfg.max_tokens, ctx.spec.llm.max_tokens),

@@ -32,11 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from synth.answers import match_answers, mentions_answer
 from synth.ids import record_id
+from synth.inputs import resolve_globs
 from synth.llm.base import LLM, LLMError, Message
 from synth.records import Failure, Outcome, RolloutRecord, ToolAction, TrajectoryStep
 from synth.render import tags
 from synth.render.traces import estimate_tokens, render_rollout
-from synth.stage import Prepared, Stage, StageContext, StageOutput
+from synth.stage import Prepared, Stage, StageContext, StageOutput, Verdict
 from synth.toolset import TOOL_DESCRIPTIONS, validate_tool_call
 from synth.trajectories import TrajectoryFormatError, TrajectoryRef, load_trajectory, scan_trajectory_files
 
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from synth.tools.environment import ToolEnvironment
 
 ToolName = Literal["search", "visit", "python"]
-PROMPT_VERSION = "rollouts-v1"
 
 
 class RolloutsConfig(BaseModel):
@@ -385,8 +385,8 @@ async def judge_outcome(
         return "incorrect"
     if judge_llm is None:
         return "correct" if any(mentions_answer(final_answer, g) for g in gold) else "incorrect"
-    # Imported lazily: synth.reasoning owns the judge prompt and its reply schema.
-    from synth.reasoning import AnswerVerdict, build_judge_messages
+    # Imported lazily: synth.stages.reasoning owns the judge prompt and its reply schema.
+    from synth.judges import AnswerVerdict, build_judge_messages
 
     verdict = await judge_llm.complete(
         build_judge_messages(question, " | ".join(gold), final_answer),
@@ -483,7 +483,7 @@ async def rollout_question(
             raw_output=run.last_reply,
         )
     params = {
-        "prompt_version": PROMPT_VERSION,
+        "prompt": STAGE.prompt_fingerprint,
         "model": ctx.llm.model_name,
         "tools": list(cfg.tools),
         "max_steps": cfg.max_steps,
@@ -544,17 +544,19 @@ async def import_trajectory(
     )
 
 
-class RolloutsStage(Stage):
+class RolloutsStage(Stage[RolloutsConfig, QuestionItem | TrajectoryRef]):
+    config_type = RolloutsConfig
+    record_type = RolloutRecord
+    verdict = Verdict(accepted_sql="outcome = 'correct'", rejected_sql="outcome = 'incorrect'")
+    summary_fields = ('outcome', 'source', 'final_answer')
+    shared_prompt_modules = ('synth.judges',)
     name = "rollouts"
     upstream = ("questions", "documents")
     barrier = True
 
-    def prepare(self, ctx: StageContext) -> Prepared:
+    def prepare(self, ctx: StageContext) -> Prepared[QuestionItem | TrajectoryRef]:
         """Questions (sorted by id, capped by ``max_questions``), then every line of the trajectory files."""
-        # Imported here: synth.spec imports this module for RolloutsConfig.
-        from synth.spec import resolve_globs
-
-        cfg: RolloutsConfig = self.config(ctx.spec)  # type: ignore[assignment]
+        cfg = self.config(ctx.spec)
         questions = sorted(ctx.read_stage("questions"), key=lambda r: r.id)
         if cfg.max_questions is not None:
             questions = questions[: cfg.max_questions]
@@ -567,9 +569,9 @@ class RolloutsStage(Stage):
             items.extend(scan_trajectory_files(paths, ctx.base_dir))
         return Prepared(items=items)
 
-    async def process(self, items: Sequence[Any], ctx: StageContext) -> StageOutput:
+    async def process(self, items: Sequence[QuestionItem | TrajectoryRef], ctx: StageContext) -> StageOutput:
         """Run the agent on question items and import trajectory items; one record or Failure each."""
-        cfg: RolloutsConfig = self.config(ctx.spec)  # type: ignore[assignment]
+        cfg = self.config(ctx.spec)
         env = _build_environment(ctx, cfg) if any(isinstance(i, QuestionItem) for i in items) else None
         jobs = []
         for item in items:

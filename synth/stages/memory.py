@@ -21,14 +21,21 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from synth.dedup import find_duplicate_matches
+from synth.entities import (
+    NOT_ENTITIES,
+    Rejection,
+    display_name,
+    entity_key,
+    numbers_in,
+    text_aliases,
+)
 from synth.ids import record_id
 from synth.llm.base import LLMError, Message
 from synth.records import DocumentRecord, Failure, MemoryRecord
@@ -51,117 +58,6 @@ class MemoryConfig(BaseModel):
         description="cap on documents read (earliest first, after dedup); the rest go to the failed "
         "ledger as over_max_documents. null = all",
     )
-
-
-# ---------------------------------------------------------------------------
-# Entity names
-# ---------------------------------------------------------------------------
-
-_LEGAL_SUFFIXES = frozenset(
-    {
-        "inc",
-        "incorporated",
-        "ltd",
-        "limited",
-        "llc",
-        "plc",
-        "corp",
-        "corporation",
-        "co",
-        "gmbh",
-        "ag",
-        "sa",
-        "nv",
-        "bv",
-        "ab",
-        "oy",
-        "spa",
-        "srl",
-        "pty",
-        "lp",
-        "llp",
-    }
-)
-_LEADING_ARTICLES = frozenset({"the", "a", "an"})
-_SMALL_WORDS = frozenset(
-    {
-        "of",
-        "and",
-        "the",
-        "for",
-        "in",
-        "on",
-        "at",
-        "to",
-        "de",
-        "la",
-        "le",
-        "du",
-        "da",
-        "del",
-        "van",
-        "von",
-        "y",
-        "a",
-        "an",
-    }
-)
-# Words that are never an entity on their own (weak models often return "It" or "The").
-_NOT_ENTITIES = frozenset(
-    """a an the this that these those it its it's he him his she her hers they them their theirs we us our
-    you your i me my there here who which what when where why how about after before during in on at by for
-    from with without of to and or but not no yes also other others another some many most more less few all
-    each every both either neither one two three first second last new old company city year years people
-    group team report statement article page text document source data number total""".split()
-)
-_PARENTHETICAL_RE = re.compile(r"\s*[(\[][^)\]]*[)\]]")
-_POSSESSIVE_RE = re.compile(r"['’]s\b")
-_PUNCT_RE = re.compile(r"[^\w&+\-.\s]|_")
-_NON_DECIMAL_DOT_RE = re.compile(r"(?<!\d)\.|\.(?!\d)")
-
-
-def entity_key(name: str) -> str:
-    """Comparison key of an entity name: case, width, whitespace, punctuation, articles and
-    legal suffixes folded away. ``"The Northwind Robotics, Inc."`` -> ``"northwind robotics"``."""
-    s = unicodedata.normalize("NFKC", name)
-    s = _PARENTHETICAL_RE.sub(" ", s)
-    s = _POSSESSIVE_RE.sub("", s.casefold())
-    s = _NON_DECIMAL_DOT_RE.sub(" ", _PUNCT_RE.sub(" ", s))  # keep "4.0", drop "St." and "Inc."
-    words = [w.strip("-") for w in s.split()]
-    words = [w for w in words if w]
-    if len(words) > 1 and words[0] in _LEADING_ARTICLES:
-        words = words[1:]
-    while len(words) > 1 and words[-1] in _LEGAL_SUFFIXES:
-        words = words[:-1]
-    return " ".join(words)
-
-
-def display_name(key: str) -> str:
-    """The stored form of a key: title case, small words lower. A pure function of the key, so
-    every unit writes the same name; acronyms come out capitalized ("Nasa"), a known cost."""
-    words = key.split()
-    return " ".join(
-        w if (i and w in _SMALL_WORDS) or not w[:1].isalpha() else w[:1].upper() + w[1:]
-        for i, w in enumerate(words)
-    )
-
-
-def canonical_entity(name: str, aliases: dict[str, str] | None = None) -> str:
-    """Normalized display name of an entity, after alias resolution ("" when nothing is left)."""
-    key = entity_key(name)
-    if aliases and key in aliases:
-        key = aliases[key]
-    return display_name(key)
-
-
-_ACRONYM_DEF_RE = re.compile(
-    r"((?:[A-Z][\w&'-]*\s+)(?:(?:of|and|for|the|de|[A-Z][\w&'-]*)\s+)*[A-Z][\w&'-]*)\s*\(([A-Z][A-Z0-9&]{1,7})\)"
-)
-
-
-def text_aliases(text: str) -> dict[str, str]:
-    """Acronyms a text defines, as alias keys: "Riverton Transit Authority (RTA)" -> {"rta": "riverton transit authority"}."""
-    return {entity_key(acr): entity_key(full) for full, acr in _ACRONYM_DEF_RE.findall(text)}
 
 
 # ---------------------------------------------------------------------------
@@ -221,7 +117,6 @@ class MemoryChunk(BaseModel):
 # Prompt (one place, versioned: the version is part of every record id)
 # ---------------------------------------------------------------------------
 
-MEMORY_PROMPT_VERSION = "memory-v1"
 
 _SYSTEM = "You turn a text into facts. Reply with JSON only."
 _INSTRUCTIONS = (
@@ -312,12 +207,6 @@ MAX_STATEMENT_CHARS = 500
 MAX_ENTITY_WORDS = 10
 
 
-def numbers_in(text: str) -> set[str]:
-    """Numbers in a text, thousands separators removed: "2,41" and "2.41" are kept apart only by
-    their digits' grouping, so both spellings of a number match each other."""
-    return {re.sub(r"[.,]", "", m) for m in _NUMBER_RE.findall(text)}
-
-
 def _contains_key(haystack_key: str, key: str) -> bool:
     """Whether a normalized key occurs in a normalized text on word boundaries."""
     return bool(key) and f" {key} " in f" {haystack_key} "
@@ -360,12 +249,6 @@ class ValidStatement:
     time: str | None
 
 
-@dataclass(frozen=True)
-class Rejection:
-    error_kind: str
-    message: str
-
-
 def _names_entity(statement_key: str, key: str) -> bool:
     """Whether a statement names its entity: the whole name, or its first word plus at least
     half of its words ("Northwind reported ..." names "Northwind Robotics")."""
@@ -395,7 +278,7 @@ def leading_subject(statement: str) -> str | None:
 
 def _entity_problem(key: str, name: str, ctx: _ChunkContext, statement_key: str) -> Rejection | None:
     """Why ``key`` can't anchor a statement (generic, not in the text, not named by it), or None."""
-    if not key or len(key.split()) > MAX_ENTITY_WORDS or all(w in _NOT_ENTITIES for w in key.split()):
+    if not key or len(key.split()) > MAX_ENTITY_WORDS or all(w in NOT_ENTITIES for w in key.split()):
         return Rejection(
             "invalid_entity", f"entity {name!r} is empty, generic or longer than {MAX_ENTITY_WORDS} words"
         )
@@ -447,27 +330,26 @@ def validate_statement(draft: StatementDraft, ctx: _ChunkContext) -> ValidStatem
 def _near_dup_threshold(ctx: StageContext) -> float:
     # Imported here: synth.spec imports this module for MemoryConfig. The documents block may
     # be absent from a spec that resumes after ingest, hence the default.
-    from synth.documents import DocumentsConfig
+    from synth.stages.documents import DocumentsConfig
 
     return (ctx.spec.stages.documents or DocumentsConfig()).near_dup_threshold
 
 
-class MemoryStage(Stage):
+class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
     """Deduplicated documents, chunked, to validated MemoryRecords."""
 
+    config_type = MemoryConfig
+    record_type = MemoryRecord
+    summary_fields = ('entity', 'statement')
     name = "memory"
     upstream = ("documents",)
     barrier = True
 
-    def prepare(self, ctx: StageContext) -> Prepared:
+    def prepare(self, ctx: StageContext) -> Prepared[MemoryChunk]:
         """Drop exact and near-duplicate documents (keeping the earliest published), then chunk."""
         cfg = self.config(ctx.spec)
-        assert isinstance(cfg, MemoryConfig)
         threshold = _near_dup_threshold(ctx)
-        docs = [
-            d if isinstance(d, DocumentRecord) else DocumentRecord.model_validate(d)
-            for d in ctx.read_stage("documents")
-        ]
+        docs = cast(list[DocumentRecord], list(ctx.read_stage("documents")))
         # Earliest publication first, so a re-post is the one dropped; undated pages go last.
         docs.sort(key=lambda d: (d.date or "9999", d.url, d.id))
         by_id = {d.id: d for d in docs}
@@ -511,10 +393,9 @@ class MemoryStage(Stage):
             )
         return Prepared(items=items, dropped=dropped)
 
-    async def process(self, items: Sequence[Any], ctx: StageContext) -> StageOutput:
+    async def process(self, items: Sequence[MemoryChunk], ctx: StageContext) -> StageOutput:
         cfg = self.config(ctx.spec)
-        assert isinstance(cfg, MemoryConfig)
-        chunks = [c if isinstance(c, MemoryChunk) else MemoryChunk.model_validate(c) for c in items]
+        chunks = list(items)
         results = await asyncio.gather(*(self._statements(chunk, cfg, ctx) for chunk in chunks))
         out = StageOutput()
         seen: set[str] = set()
@@ -590,7 +471,7 @@ class MemoryStage(Stage):
                     id=record_id(
                         "memory",
                         [chunk.doc_id],
-                        {"prompt": MEMORY_PROMPT_VERSION, "chunk": chunk.index},
+                        {"prompt": STAGE.prompt_fingerprint, "chunk": chunk.index},
                         {"entity": entity, "statement": statement, "time": time},
                     ),
                     run_id=ctx.run_id,
