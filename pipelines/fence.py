@@ -27,9 +27,9 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from synth.layout import RunLayout
 from synth.shards import atomic_write_bytes
 
-REGISTRY = "workers.jsonl"
 WORKER_NAMESPACE = "agentcpt"
 
 
@@ -53,7 +53,7 @@ def register_worker(run_dir: Path, session: str, actor_name: str | None) -> None
         create_time=psutil.Process().create_time(),
         actor_name=actor_name,
     )
-    fd = os.open(run_dir / REGISTRY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(RunLayout(run_dir).workers, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (record.model_dump_json() + "\n").encode())
     finally:
@@ -61,7 +61,7 @@ def register_worker(run_dir: Path, session: str, actor_name: str | None) -> None
 
 
 def read_registry(run_dir: Path) -> list[WorkerRecord]:
-    path = run_dir / REGISTRY
+    path = RunLayout(run_dir).workers
     if not path.exists():
         return []
     records: list[WorkerRecord] = []
@@ -101,7 +101,7 @@ def fence_previous_sessions(run_dir: Path, session: str, timeout_s: float = 30.0
             f"workers of an earlier session would not exit: pids {[p.pid for p in alive]}, actors {remote}"
         )
     keep = [r for r in read_registry(run_dir) if r.session == session]
-    atomic_write_bytes(run_dir / REGISTRY, "".join(r.model_dump_json() + "\n" for r in keep).encode())
+    atomic_write_bytes(RunLayout(run_dir).workers, "".join(r.model_dump_json() + "\n" for r in keep).encode())
     return len(local) + len(remote)
 
 

@@ -3,7 +3,9 @@
 Driver side (``RunEndpoints``): resolve ``base_url: embedded`` by starting (or reusing) the
 embedded endpoint, so workers get a real URL; start one cluster limiter actor per distinct
 endpoint URL (``llm`` and ``judge_llm`` pointing at the same URL share one, with the
-tightest of their limits); stop what was started when the run ends.
+tightest of their limits); ``preflight()`` each endpoint before the first stage
+(``synth.llm.preflight``: a broken endpoint fails the run before anything is spent); stop
+what was started when the run ends.
 
 Worker side (``open_worker_llms``): one ``LLMClient`` per endpoint config, all sharing the
 run's request cache (``run_dir/cache/llm``, so a resumed run never pays twice for an
@@ -16,6 +18,7 @@ several machines needs ``base_url`` pointing at a served endpoint (vLLM, SGLang,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import uuid
@@ -25,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.limiter import EndpointLimits, Heartbeat, cluster_permit_source, lookup_limiter, start_limiter
+from synth.layout import RunLayout
 from synth.llm.accounting import UsageSnapshot
 from synth.llm.config import LLMConfig
+from synth.llm.preflight import EndpointCheck, check_endpoint, distinct_endpoints
 from synth.spec import RunSpec
 
 EMBEDDED = "embedded"
@@ -77,6 +82,27 @@ class RunEndpoints:
             self._limiters[url] = (name, start_limiter(EndpointLimits.combine(configs), name=name))
         return self
 
+    def preflight(self) -> list[EndpointCheck]:
+        """Check every endpoint of the run (``synth.llm.preflight``); raises ``EndpointFailure``.
+
+        A ``model: null`` (the embedded endpoint) is pinned to the model it serves, so workers
+        need not ask ``/models`` again.
+        """
+        if not self._needed:
+            return []
+        checks = asyncio.run(_check_all(distinct_endpoints(self.spec.llm, self.spec.judge_llm)))
+        by_name = {c.name: c for c in checks}
+        updates: dict[str, Any] = {}
+        if self.spec.llm.model is None:
+            updates["llm"] = self.spec.llm.model_copy(update={"model": by_name["llm"].model})
+        judge = self.spec.judge_llm
+        if judge is not None and judge.model is None:
+            model = by_name["judge_llm"].model if "judge_llm" in by_name else by_name["llm"].model
+            updates["judge_llm"] = judge.model_copy(update={"model": model})
+        if updates:
+            self.spec = self.spec.model_copy(update=updates)
+        return checks
+
     @property
     def limiters(self) -> Mapping[str, str]:
         """Limiter actor name per endpoint URL (workers look the actors up by name)."""
@@ -107,6 +133,10 @@ class RunEndpoints:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _check_all(endpoints: list[tuple[str, LLMConfig]]) -> list[EndpointCheck]:
+    return [await check_endpoint(name, cfg) for name, cfg in endpoints]
 
 
 class UnavailableLLM:
@@ -156,7 +186,7 @@ def open_worker_llms(
     from synth.llm.cache import RequestCache
     from synth.llm.client import LLMClient
 
-    cache = RequestCache(run_dir / "cache" / "llm")
+    cache = RequestCache(RunLayout(run_dir).llm_cache)
     usage = UsageTracker(price=spec.llm.price)
     out = WorkerLLMs(llm=None, judge_llm=None, usage=usage)
     sources: dict[str, Any] = {}
@@ -166,13 +196,13 @@ def open_worker_llms(
         out.permit_sources.append(sources[url])
         out.heartbeats.append(Heartbeat(actor, f"{client_id}:{url}").start())
 
-    def client(cfg: LLMConfig) -> Any:
-        c = LLMClient(cfg, limiter=sources.get(cfg.base_url), cache=cache, usage=usage)
+    def client(cfg: LLMConfig, name: str) -> Any:
+        c = LLMClient(cfg, name=name, limiter=sources.get(cfg.base_url), cache=cache, usage=usage)
         out.clients.append(c)
         return c
 
-    out.llm = client(spec.llm)
+    out.llm = client(spec.llm, "llm")
     out.judge_llm = (
-        out.llm if spec.judge_llm is None or spec.judge_llm == spec.llm else client(spec.judge_llm)
+        out.llm if spec.judge_llm is None or spec.judge_llm == spec.llm else client(spec.judge_llm, "judge_llm")
     )
     return out

@@ -38,9 +38,10 @@ from pipelines.scheduler import RunOutcome, Scheduler
 from pipelines.worker import WorkerJob
 from synth.inputs import check_inputs
 from synth.layout import RunLayout, new_run_id, validate_run_id
+from synth.llm.base import EndpointFailure
 from synth.runstate import RunDir
 from synth.shards import ShardStore
-from synth.spec import RunSpec, load_spec
+from synth.spec import RunSpec, load_spec, spec_dir
 from synth.stage import Stage
 from synth.stages import get_stage, stage_names
 
@@ -81,6 +82,7 @@ def run_command(
             run_id=run_id,
             ray_address=ray_address,
             base_dir=Path.cwd(),
+            inputs_dir=spec_dir(spec),
             allow_prompt_change=allow_prompt_change,
         )
     return result.exit_code
@@ -92,21 +94,25 @@ def run_session(
     run_id: str | None = None,
     ray_address: str | None = None,
     base_dir: Path | None = None,
+    inputs_dir: Path | None = None,
     stages: Mapping[str, Stage] | None = None,
     display: ProgressDisplay | None = None,
     out: IO[str] | None = None,
     max_workers: int | None = None,
     print_summary: bool = True,
     allow_prompt_change: bool = False,
+    preview_items: int | None = None,
 ) -> SessionResult:
     """Run (or resume) one run to the end; see the module docstring.
 
     ``stages`` replaces the registry's stages (tests); ``max_workers`` caps the worker
-    actors (default: one per CPU of the cluster).
+    actors (default: one per CPU of the cluster). ``output_dir`` is relative to ``base_dir``;
+    input globs to ``inputs_dir`` (``agentcpt run``: the spec file's directory), else ``base_dir``.
     """
     out = out or sys.stdout
     base_dir = (base_dir or Path.cwd()).resolve()
-    check_inputs(spec, base_dir)
+    inputs_dir = (inputs_dir or base_dir).resolve()
+    check_inputs(spec, inputs_dir)
     run_id = validate_run_id(run_id) if run_id else new_run_id(spec.name)
     run_dir = (base_dir / spec.output_dir / run_id).resolve()
     resuming = prepare_run_dir(run_dir, spec)
@@ -148,10 +154,12 @@ def run_session(
             with RunEndpoints(spec, run_id=run_id, needed=needs_llm) as endpoints:
                 if endpoints.embedded_url:
                     board.message(f"embedded LLM endpoint at {endpoints.embedded_url}")
+                for check in endpoints.preflight():  # EndpointFailure: fail before any stage starts
+                    board.message(check.describe())
                 job = WorkerJob(
                     run_id=run_id,
                     run_dir=str(run_dir),
-                    base_dir=str(base_dir),
+                    base_dir=str(inputs_dir),
                     spec=endpoints.spec,
                     stages=stage_map,
                     limiters=endpoints.limiters,
@@ -167,6 +175,7 @@ def run_session(
                         pool=pool,
                         board=board,
                         max_in_flight=spec.execution.max_units_in_flight or 2 * cluster_cpus(),
+                        preview_items=preview_items,
                     )
                     outcome = scheduler.run()
                 finally:
@@ -174,6 +183,8 @@ def run_session(
     except (KeyboardInterrupt, Terminated):
         outcome = RunOutcome("cancelled", "interrupted")
         raise
+    except EndpointFailure as err:  # one line names the endpoint and what it answered
+        outcome = RunOutcome("failed", str(err))
     except Exception as err:
         outcome = RunOutcome("failed", f"{type(err).__name__}: {err}")
         traceback.print_exc(file=sys.stderr)

@@ -41,6 +41,7 @@ from pipelines.units import (
     read_plan,
     write_plan,
 )
+from synth.llm.base import EndpointFailure
 from synth.runstate import RunDir
 from synth.shards import ShardStore
 from synth.spec import RunSpec
@@ -58,6 +59,10 @@ class RunOutcome:
 
 class StageBug(RuntimeError):
     """A stage broke its contract (e.g. a map stage without exactly one upstream)."""
+
+
+class StageFailed(RuntimeError):
+    """A stage ended with no record while every LLM call it made failed: the run did not succeed."""
 
 
 @dataclass
@@ -100,8 +105,11 @@ class Scheduler:
         max_in_flight: int,
         poll_s: float = 0.25,
         cancel_grace_s: float = 30.0,
+        preview_items: int | None = None,
     ) -> None:
         self._spec = spec
+        # `agentcpt run --preview N`: each barrier stage works on its first N items only.
+        self._preview_items = preview_items
         self._run_dir = run_dir
         self._rundir = RunDir(run_dir)
         self._store = ShardStore(run_dir)
@@ -157,7 +165,7 @@ class Scheduler:
                 return RunOutcome("cancelled")
             try:
                 self._feed()
-            except StageBug as err:
+            except (StageBug, StageFailed) as err:
                 self._stop_in_flight()
                 return RunOutcome("failed", str(err))
             if all(st.complete for st in self._states.values()):
@@ -236,6 +244,7 @@ class Scheduler:
             self._board.message(f"[{st.name}] started")
 
     def _finish(self, st: _StageState) -> None:
+        self._check_not_all_failed(st.name)
         st.complete = True
         previous = read_plan(self._run_dir, st.name)
         plan = previous or StagePlan(stage=st.name, units=st.data_units)
@@ -243,6 +252,19 @@ class Scheduler:
             write_plan(self._run_dir, plan.model_copy(update={"complete": True}))
         self._board.stage_finished(st.name)
         self._board.message(f"[{st.name}] complete: {len(st.data_units)} units")
+
+    def _check_not_all_failed(self, name: str) -> None:
+        """A stage in which every LLM call failed never ends a run as succeeded (issue 17)."""
+        p = self._board.stage(name)
+        failed = sum(p.llm.failures.values())
+        # Calls that got an answer: first attempts (requests - retries) and cache hits, less failures.
+        answered = p.llm.requests - p.llm.retries + p.llm.cache_hits - failed
+        if p.records == 0 and failed and answered <= 0:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(p.llm.failures.items()))
+            raise StageFailed(
+                f"{name}: no record written and every LLM call failed ({kinds}); "
+                f"the failed ledger has them (agentcpt stats RUN_ID --sql 'select * from {name}_failed')"
+            )
 
     def _submit(self) -> None:
         # Downstream stages first: drain the pipeline before feeding it more.
@@ -271,6 +293,8 @@ class Scheduler:
             result = ray.get(ref)
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if getattr(err, "cause", None) is not None else err
+            if isinstance(cause, EndpointFailure):  # already one line naming the endpoint
+                return str(cause)
             return f"{label}: {type(cause).__name__}: {cause}"
         except ray.exceptions.RayError as err:
             return f"{label}: {type(err).__name__}: {err}"
@@ -285,7 +309,8 @@ class Scheduler:
 
     def _planned(self, st: _StageState, result: PrepareResult) -> None:
         unit_size = self._spec.execution.unit_size
-        units = cut_units(result.items, unit_size)
+        items = result.items if self._preview_items is None else result.items[: self._preview_items]
+        units = cut_units(items, unit_size)
         names = [u for u, _ in units]
         previous = read_plan(self._run_dir, st.name)
         if previous is not None and previous.units != names:
@@ -300,7 +325,8 @@ class Scheduler:
             StagePlan(
                 stage=st.name,
                 units=names,
-                items=len(result.items),
+                items=len(items),
+                items_available=len(result.items) if self._preview_items is not None else None,
                 dropped=result.dropped,
                 unit_size=unit_size,
             ),

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from synth.layout import RunLayout
 from synth.shards import atomic_write_bytes, unit_name
 
 DROPPED_UNIT = "dropped"
@@ -88,14 +89,17 @@ class StagePlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: str
     units: list[str] = Field(description="data unit names, in order")
-    items: int | None = Field(None, description="work items prepare returned (barrier stages)")
+    items: int | None = Field(None, description="work items cut into units (barrier stages)")
+    items_available: int | None = Field(
+        None, description="work items prepare returned, when a preview used only the first `items`"
+    )
     dropped: int = Field(0, description="inputs prepare dropped (committed under the 'dropped' unit)")
     unit_size: int | None = Field(None, description="execution.unit_size the items were cut with")
     complete: bool = Field(False, description="every unit is committed")
 
 
 def plan_path(run_dir: Path, stage: str) -> Path:
-    return run_dir / "plan" / f"{stage}.json"
+    return RunLayout(run_dir).plan(stage)
 
 
 def read_plan(run_dir: Path, stage: str) -> StagePlan | None:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from synth.errors import SpecError
-from synth.layout import validate_run_id
+from synth.layout import RunLayout, validate_run_id
 from synth.records import FAILURE_SCHEMA, RECORD_TYPES
 from synth.runstate import LLMUsage, RunDir, RunStatus
 from synth.shards import ShardStore
@@ -134,7 +134,7 @@ def run_dir_for(run_id: str, output_dir: str | Path = "runs") -> Path:
     """The directory of run ``run_id``; SpecError (exit 2) when it is not a run."""
     validate_run_id(run_id)
     path = Path(output_dir) / run_id
-    if not (path / "spec.yaml").exists() and not (path / "manifest.d").exists():
+    if not RunLayout(path).is_run():
         raise SpecError("run_id", f"no run {run_id!r} under {output_dir}/")
     return path
 
@@ -310,7 +310,7 @@ def write_catalog(run_dir: str | Path) -> Path:
     """Write ``catalog.duckdb`` (atomically) with views over paths relative to the output dir's parent."""
     run_dir = Path(run_dir).resolve()
     base = run_dir.parent.parent
-    target = run_dir / "catalog.duckdb"
+    target = RunLayout(run_dir).catalog
     tmp = run_dir / ".catalog.duckdb.tmp"
     tmp.unlink(missing_ok=True)
     # Views are bound when created: relative paths must resolve now, against `base`.

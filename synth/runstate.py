@@ -19,6 +19,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from synth.layout import RunLayout
 from synth.records import utc_now
 from synth.shards import atomic_write_bytes
 
@@ -38,8 +39,14 @@ class LLMUsage(BaseModel):
     failures: dict[str, int] = Field(default_factory=dict, description="failed requests by error kind")
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = Field(0, description="of completion_tokens, spent on a thinking model's reasoning")
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    latency_histogram: dict[int, int] = Field(
+        default_factory=dict,
+        description="successful-attempt latency, synth.llm.accounting bucket index -> count; sums exactly "
+        "across workers and sessions (the API exposes it as a Prometheus histogram in seconds)",
+    )
     cost_usd: float | None = None
 
 
@@ -80,20 +87,21 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.layout = RunLayout(self.path)
 
     @property
     def run_id(self) -> str:
         return self.path.name
 
     def exists(self) -> bool:
-        return (self.path / "spec.yaml").exists() or (self.path / "status.json").exists()
+        return self.layout.spec.exists() or self.layout.status.exists()
 
     # status ------------------------------------------------------------------
     def read_status(self) -> RunStatus | None:
-        return _read_model(self.path / "status.json", RunStatus)
+        return _read_model(self.layout.status, RunStatus)
 
     def write_status(self, status: RunStatus) -> None:
-        atomic_write_bytes(self.path / "status.json", status.model_dump_json(indent=2).encode())
+        atomic_write_bytes(self.layout.status, status.model_dump_json(indent=2).encode())
 
     def mark(self, state: RunState, error: str | None = None) -> RunStatus:
         """Move the run to ``state`` (stamping start/finish times and this process as driver)."""
@@ -114,21 +122,21 @@ class RunDir:
 
     # progress ----------------------------------------------------------------
     def read_progress(self) -> RunProgress:
-        return _read_model(self.path / "progress.json", RunProgress) or RunProgress()
+        return _read_model(self.layout.progress, RunProgress) or RunProgress()
 
     def write_progress(self, progress: RunProgress) -> None:
         progress.updated_at = utc_now()
-        atomic_write_bytes(self.path / "progress.json", progress.model_dump_json(indent=2).encode())
+        atomic_write_bytes(self.layout.progress, progress.model_dump_json(indent=2).encode())
 
     # cancellation ------------------------------------------------------------
     def request_cancel(self) -> None:
-        atomic_write_bytes(self.path / "CANCEL", json.dumps({"requested_at": utc_now().isoformat()}).encode())
+        atomic_write_bytes(self.layout.cancel, json.dumps({"requested_at": utc_now().isoformat()}).encode())
 
     def cancel_requested(self) -> bool:
-        return (self.path / "CANCEL").exists()
+        return self.layout.cancel.exists()
 
     def clear_cancel(self) -> None:
-        (self.path / "CANCEL").unlink(missing_ok=True)
+        self.layout.cancel.unlink(missing_ok=True)
 
 
 def _read_model(path: Path, model: type[M]) -> M | None:

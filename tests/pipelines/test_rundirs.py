@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from pipelines.rundirs import output_changing_difference, prepare_run_dir
-from synth.layout import new_run_id, validate_run_id
 from synth.runstate import RunDir
 from synth.spec import SpecError, parse_spec
 
@@ -21,12 +18,6 @@ def spec(**overrides: object) -> object:
     data: dict[str, object] = {"name": "demo", "stages": {"questions": {}, "planning": {}}}
     data.update(overrides)
     return parse_spec(data)
-
-
-def test_new_run_id_is_name_utc_stamp_and_four_hex_digits() -> None:
-    run_id = new_run_id("My run/β", now=datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC))
-    assert re.fullmatch(r"My-run-20250304-050607-[0-9a-f]{4}", run_id)
-    assert validate_run_id(run_id) == run_id
 
 
 def test_changes_that_only_say_how_to_run_are_allowed_on_resume() -> None:
@@ -86,3 +77,56 @@ def test_a_run_with_a_live_driver_cannot_be_started_twice(tmp_path: Path) -> Non
     # Its driver is gone (kill -9): the run can be resumed.
     assert prepare_run_dir(run_dir, spec()) is True  # type: ignore[arg-type]
     assert os.getpid() != driver.pid
+
+
+# ---------------------------------------------------------------------------
+# Prompt fingerprints (issue 14): a changed prompt never mixes silently into a resumed run
+# ---------------------------------------------------------------------------
+
+
+def _stages_with_prompt(text: str) -> dict[str, object]:
+    from testing.ninth_stage import ReviewStage
+
+    class PromptedReview(ReviewStage):
+        pass
+
+    stage = PromptedReview()
+    stage.__dict__["prompt_fingerprint"] = text  # what prompt_fingerprint() hashes the module into
+    return {"reviews": stage}
+
+
+def test_resume_with_a_changed_prompt_is_refused_naming_the_stage(tmp_path: Path) -> None:
+    from pipelines.rundirs import check_prompt_fingerprints
+    from synth.layout import RunLayout
+
+    layout = RunLayout(tmp_path / "r1")
+    layout.root.mkdir()
+    assert check_prompt_fingerprints(layout, _stages_with_prompt("aaaa")) == []
+    assert check_prompt_fingerprints(layout, _stages_with_prompt("aaaa")) == []
+    with pytest.raises(SpecError, match=r"stages\.reviews: the reviews prompts changed") as err:
+        check_prompt_fingerprints(layout, _stages_with_prompt("bbbb"))
+    assert "--allow-prompt-change" in str(err.value)
+    assert check_prompt_fingerprints(layout, _stages_with_prompt("bbbb"), allow_change=True) == ["reviews"]
+    assert check_prompt_fingerprints(layout, _stages_with_prompt("bbbb")) == []
+
+
+def test_prompt_fingerprint_changes_with_prompt_text_and_not_otherwise(tmp_path: Path) -> None:
+    import importlib
+    import sys
+
+    from synth.stage import prompt_fingerprint
+
+    module = tmp_path / "prompted_mod.py"
+    module.write_text('SYSTEM = "You plan."\nEXAMPLES = (("q", "a"),)\nMAX_CHARS = 10\n')
+    sys.path.insert(0, str(tmp_path))
+    try:
+        before = prompt_fingerprint(["prompted_mod"])
+        module.write_text('SYSTEM = "You plan."\nEXAMPLES = (("q", "a"),)\nMAX_CHARS = 99\n')
+        importlib.reload(sys.modules["prompted_mod"])
+        assert prompt_fingerprint(["prompted_mod"]) == before  # a number is not prompt text
+        module.write_text('SYSTEM = "You plan."\nEXAMPLES = (("q", "b"),)\nMAX_CHARS = 99\n')
+        importlib.reload(sys.modules["prompted_mod"])
+        assert prompt_fingerprint(["prompted_mod"]) != before  # a few-shot example is
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("prompted_mod", None)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.status import cancel_command, status_command
-from synth.cli import UsageError, main
+from agentcpt.cli import main
+from synth.errors import UsageError
 from synth.runstate import LLMUsage, RunDir, RunProgress, StageProgress
 
 

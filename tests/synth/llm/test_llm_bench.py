@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from synth.errors import UsageError, main
+from agentcpt.cli import main
+from synth.errors import UsageError
 from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig
 
 
