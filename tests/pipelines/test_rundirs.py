@@ -21,11 +21,11 @@ def spec(**overrides: object) -> object:
 
 
 def test_changes_that_only_say_how_to_run_are_allowed_on_resume() -> None:
-    a = spec()
+    a = spec(llm={"base_url": "http://127.0.0.1:8000/v1", "model": "m"})
     b = spec(
         name="renamed",
         execution={"ray_address": "10.0.0.1:6379", "max_units_in_flight": 9},
-        llm={"base_url": "http://127.0.0.1:9/v1", "max_concurrency": 3, "timeout_s": 5},
+        llm={"base_url": "http://127.0.0.1:9/v1", "model": "m", "max_concurrency": 3, "timeout_s": 5},
     )
     assert output_changing_difference(a, b) is None  # type: ignore[arg-type]
 
