@@ -43,6 +43,7 @@ class Inputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     web: list[str] = Field(default_factory=list, description="globs of html | warc(.gz) | jsonl (url + html|text)")
     trajectories: list[str] = Field(default_factory=list, description="globs of JSONL trajectories (ReAct chatml or OpenAI tool_calls)")
+    triples: list[str] = Field(default_factory=list, description="globs of JSONL knowledge-graph triples: subject, relation, object, time, source")
 
 
 class StagesConfig(BaseModel):
@@ -67,14 +68,19 @@ class StagesConfig(BaseModel):
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise PydanticCustomError("unknown_stage", f"{name}: extra field not permitted{hint}")
+                # sub_path: the formatter appends it to this validator's location (`stages`).
+                raise PydanticCustomError(
+                    "unknown_stage", "extra field not permitted{hint}", {"hint": hint, "sub_path": name}
+                )
             if value is not None:
                 try:
                     block = get_stage(name).config_type.model_validate(value)
                 except ValidationError as err:
                     first = err.errors()[0]
                     where = ".".join(str(x) for x in (name, *first["loc"]))
-                    raise PydanticCustomError("invalid_stage_block", f"{where}: {first['msg']}") from None
+                    raise PydanticCustomError(
+                        "invalid_stage_block", "{message}", {"message": first["msg"], "sub_path": where}
+                    ) from None
                 self.__pydantic_extra__[name] = block  # type: ignore[index]
         return self
 
@@ -97,6 +103,20 @@ class ExecutionConfig(BaseModel):
     max_units_in_flight: PositiveInt | None = Field(None, description="backpressure bound; null = 2 x CPUs")
 
 
+class CardConfig(BaseModel):
+    """What the dataset card (``runs/<id>/README.md``) cannot infer from the run: the data's terms."""
+
+    model_config = ConfigDict(extra="forbid")
+    license: str = Field(
+        "other", description="Hub license id of the generated data (apache-2.0, cc-by-4.0, ...); mind the inputs' terms"
+    )
+    description: str | None = Field(None, description="a paragraph for the card: what the data is for")
+    source_datasets: list[str] = Field(
+        default_factory=list, description="Hub ids or URLs the inputs came from (provenance)"
+    )
+    language: list[str] = Field(default_factory=lambda: ["en"], description="ISO 639-1 codes of the text")
+
+
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="human-readable run name")
@@ -106,6 +126,7 @@ class RunSpec(BaseModel):
     stages: StagesConfig = Field(default_factory=StagesConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     output_dir: str = Field("runs", description="runs are written under output_dir/<run_id>")
+    card: CardConfig = Field(default_factory=CardConfig, description="dataset card metadata (license, provenance)")
 
     @field_validator("name")
     @classmethod
@@ -178,6 +199,9 @@ def spec_errors_from_validation(err: ValidationError) -> list[SpecError]:
     out: dict[str, SpecError] = {}
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        sub_path = (e.get("ctx") or {}).get("sub_path")  # set by StagesConfig's own validator
+        if sub_path:
+            loc += tuple(str(sub_path).split("."))
         message = _PYDANTIC_MESSAGES.get(e["type"], e["msg"])
         if e["type"] == "extra_forbidden":
             fix = did_you_mean(loc)

@@ -1,9 +1,14 @@
-"""The `documents` stage: web pages (HTML, WARC, JSONL) to clean documents with trafilatura.
+"""The `documents` stage: web pages (HTML, WARC, JSONL), knowledge-graph triples and agents'
+tool responses to clean documents.
 
 A barrier stage with no upstream. ``prepare`` lists the inputs cheaply (one item per HTML
-file, WARC response record or JSONL line; see ``synth.ingest.sources``); ``process``
-extracts each item's main text and metadata, detects its language and applies the
-per-document filters, each drop counted under its reason (``dropped_too_short``, ...).
+file, WARC response record or JSONL line; see ``synth.ingest.sources``), plus, already read,
+one item per group of triples (``inputs.triples``, ``synth.ingest.triples``) and, with
+``tool_responses`` set, one per tool response of imported trajectories and earlier runs'
+rollouts (the data flywheel, ``synth.ingest.tool_responses``). ``process`` extracts each
+page's main text and metadata (titles from the page, never its chrome:
+``synth.ingest.titles``), detects its language and applies the per-document filters, each
+drop counted under its reason (``dropped_too_short``, ...).
 
 Deduplication is not done here: units run in parallel and a duplicate may sit in another
 unit, so the ``memory`` stage, which sees every document, drops duplicates before
@@ -16,13 +21,18 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from synth.dedup import normalize_text
 from synth.ids import record_id
-from synth.ingest.sources import InputError, SourceItem, enumerate_sources, reader_for_format
+from synth.ingest.inline import InlineDocument
+from synth.ingest.sources import InputError, SourceItem, enumerate_sources, reader_for_format, source_ref
+from synth.ingest.titles import choose_titles
+from synth.ingest.tool_responses import ToolResponsesConfig, from_runs, from_trajectory_files
+from synth.ingest.triples import triple_documents
 from synth.inputs import resolve_globs
 from synth.records import DocumentRecord, Failure
 from synth.stage import Prepared, Stage, StageContext, StageOutput
@@ -48,6 +58,11 @@ class DocumentsConfig(BaseModel):
         description="trafilatura's trade-off; precision (as in FineWeb/datatrove) keeps less boilerplate, "
         "returns nothing for menu-only pages and costs ~14% less CPU than balanced",
     )
+    tool_responses: ToolResponsesConfig | None = Field(
+        None,
+        description="the data flywheel: also ingest tool responses of inputs.trajectories and of earlier "
+        "runs' rollouts as source_type tool_response documents; null = off",
+    )
 
 
 # A page whose extracted text has no line of this many words is a menu, not an article:
@@ -69,7 +84,10 @@ def has_prose(text: str) -> bool:
     return any(len(line.split()) >= MIN_PROSE_WORDS for line in text.splitlines())
 
 
-def _drop(item: SourceItem, kind: str, message: str) -> Failure:
+DocumentItem = SourceItem | InlineDocument
+
+
+def _drop(item: DocumentItem, kind: str, message: str) -> Failure:
     return Failure(input_ids=[item.ref], error_kind=kind, message=f"{item.ref}: {message}")
 
 
@@ -77,16 +95,49 @@ def _drop(item: SourceItem, kind: str, message: str) -> Failure:
 class PageDraft:
     """An item's extracted page that passed the size filters, before language id."""
 
-    item: SourceItem
+    item: DocumentItem
     text: str
     title: str | None
     date: str | None
     url: str | None
     source_type: str
+    title_candidates: tuple[str, ...] = ()
 
 
-def extract_item(item: SourceItem, cfg: DocumentsConfig) -> PageDraft | Failure:
+def _size_filters(item: DocumentItem, text: str, cfg: DocumentsConfig, min_chars: int) -> Failure | None:
+    if not text:
+        return _drop(item, "dropped_no_main_text", "no main text found (only navigation, boilerplate or markup)")
+    n_chars = len(text)
+    if n_chars < min_chars:
+        return _drop(item, "dropped_too_short", f"{n_chars} chars of main text < min_chars {min_chars}")
+    if n_chars > cfg.max_chars:
+        return _drop(item, "dropped_too_long", f"{n_chars} chars of main text > max_chars {cfg.max_chars}")
+    return None
+
+
+def inline_draft(item: InlineDocument, cfg: DocumentsConfig) -> PageDraft | Failure:
+    """A tool response or a group of triples: text given, filtered like a page.
+
+    Triples skip the size floor and the prose test: each line is a fact, however short.
+    """
+    if item.source_type == "knowledge_graph":
+        text, min_chars = item.text.strip(), 1
+    else:
+        text, min_chars = clean_plain_text(item.text), cfg.min_chars
+        if text and not has_prose(text):
+            return _drop(item, "dropped_no_main_text", "no sentence-like line in the tool response")
+    problem = _size_filters(item, text, cfg, min_chars)
+    if problem is not None:
+        return problem
+    return PageDraft(
+        item=item, text=text, title=item.title, date=item.date, url=item.url, source_type=item.source_type
+    )
+
+
+def extract_item(item: DocumentItem, cfg: DocumentsConfig) -> PageDraft | Failure:
     """Load and extract one item and apply the text filters (everything but language)."""
+    if isinstance(item, InlineDocument):
+        return inline_draft(item, cfg)
     # trafilatura and lxml take ~0.5 s to import: loaded on first use, not with synth.spec.
     from synth.ingest.extract import extract_html
 
@@ -101,23 +152,27 @@ def extract_item(item: SourceItem, cfg: DocumentsConfig) -> PageDraft | Failure:
             return _drop(item, "dropped_unparseable_html", "does not parse as HTML")
         text, title = page.text, raw.title or page.title
         date, url = raw.date or page.date, raw.url or page.url
+        candidates = page.title_candidates
         if not has_prose(text):
             return _drop(
                 item, "dropped_no_main_text", "no main text found (only navigation, boilerplate or markup)"
             )
     else:
         text, title, date, url = clean_plain_text(raw.text or ""), raw.title, raw.date, raw.url
+        candidates = (title,) if title else ()
 
-    if not text:
-        return _drop(
-            item, "dropped_no_main_text", "no main text found (only navigation, boilerplate or markup)"
-        )
-    n_chars = len(text)
-    if n_chars < cfg.min_chars:
-        return _drop(item, "dropped_too_short", f"{n_chars} chars of main text < min_chars {cfg.min_chars}")
-    if n_chars > cfg.max_chars:
-        return _drop(item, "dropped_too_long", f"{n_chars} chars of main text > max_chars {cfg.max_chars}")
-    return PageDraft(item=item, text=text, title=title, date=date, url=url, source_type=raw.source_type)
+    problem = _size_filters(item, text, cfg, cfg.min_chars)
+    if problem is not None:
+        return problem
+    return PageDraft(
+        item=item,
+        text=text,
+        title=title,
+        date=date,
+        url=url,
+        source_type=raw.source_type,
+        title_candidates=tuple(candidates),
+    )
 
 
 def finish_document(
@@ -144,13 +199,22 @@ def finish_document(
         source_type=draft.source_type,
         n_chars=len(draft.text),
         language=language,
+        title_candidates=list(draft.title_candidates),
     )
 
 
+def apply_site_titles(records: list[DocumentRecord]) -> None:
+    """Replace titles that most pages of a site share by each page's next candidate (in place)."""
+    pages = [r for r in records if r.title_candidates]
+    for record, title in zip(pages, choose_titles([(r.url, r.title_candidates) for r in pages]), strict=True):
+        record.title = title
+
+
 def ingest_items(
-    items: Sequence[SourceItem], cfg: DocumentsConfig, run_id: str
+    items: Sequence[DocumentItem], cfg: DocumentsConfig, run_id: str
 ) -> list[DocumentRecord | Failure]:
-    """Items to records or Failures, in item order.
+    """Items to records or Failures, in item order; titles shared by most pages of a site
+    within these items fall back to each page's next candidate.
 
     Language id runs as a second pass over the unit's texts rather than after each page:
     py3langid walks a 39 MB DFA table, which trafilatura's work evicts from the CPU cache;
@@ -163,34 +227,66 @@ def ingest_items(
     languages = [detect_language(draft.text)[0] for _, draft in drafts]
     for (i, draft), language in zip(drafts, languages, strict=True):
         results[i] = finish_document(draft, language, cfg, run_id)
-    return [r for r in results if not isinstance(r, PageDraft)]
+    out = [r for r in results if not isinstance(r, PageDraft)]
+    apply_site_titles([r for r in out if isinstance(r, DocumentRecord)])
+    return out
 
 
-def ingest_item(item: SourceItem, cfg: DocumentsConfig, run_id: str) -> DocumentRecord | Failure:
+def ingest_item(item: DocumentItem, cfg: DocumentsConfig, run_id: str) -> DocumentRecord | Failure:
     """One input item to a DocumentRecord, or a Failure naming the item and the reason."""
     return ingest_items([item], cfg, run_id)[0]
 
 
-class DocumentsStage(Stage[DocumentsConfig, SourceItem]):
+def _as_item(item: DocumentItem | dict) -> DocumentItem:
+    """An item as the stage made it (a runner may ship items between processes as dicts)."""
+    if isinstance(item, dict):
+        return InlineDocument.model_validate(item) if item.get("kind") == "inline" else SourceItem.model_validate(item)
+    return item
+
+
+class DocumentsStage(Stage[DocumentsConfig, DocumentItem]):
     """Input files to DocumentRecords; every input ends as a record or a counted Failure."""
 
     config_type = DocumentsConfig
     record_type = DocumentRecord
-    summary_fields = ('url', 'title', 'source_type', 'n_chars')
+    summary_fields = ("url", "title", "source_type", "n_chars")
     name = "documents"
     upstream = ()
     barrier = True
+    uses_llm = False  # a documents-only run starts and preflights no endpoint
 
-    def prepare(self, ctx: StageContext) -> Prepared[SourceItem]:
-        """One cheap item per page, in glob order; unreadable files and bad lines as Failures."""
-        paths = resolve_globs(ctx.spec.inputs.web, "inputs.web", base_dir=ctx.base_dir)
-        items, dropped = enumerate_sources(paths, ctx.base_dir)
+    def prepare(self, ctx: StageContext) -> Prepared[DocumentItem]:
+        """Items in a fixed order: web pages (glob order), triple groups, tool responses;
+        unreadable files, bad lines and empty tool responses as Failures."""
+        cfg = self.config(ctx.spec)
+        inputs = ctx.spec.inputs
+        paths = resolve_globs(inputs.web, "inputs.web", base_dir=ctx.base_dir)
+        web, dropped = enumerate_sources(paths, ctx.base_dir)
+        items: list[DocumentItem] = list(web)
+        if inputs.triples:
+            files = resolve_globs(inputs.triples, "inputs.triples", base_dir=ctx.base_dir)
+            triples, bad = triple_documents([(p, source_ref(p, ctx.base_dir)) for p in files])
+            items += triples
+            dropped += bad
+        flywheel = cfg.tool_responses
+        if flywheel is not None:
+            if flywheel.trajectories and inputs.trajectories:
+                files = resolve_globs(inputs.trajectories, "inputs.trajectories", base_dir=ctx.base_dir)
+                responses, bad = from_trajectory_files(files, ctx.base_dir, flywheel.tools)
+                items += responses
+                dropped += bad
+            if flywheel.runs:
+                output_dir = Path(ctx.spec.output_dir)
+                if not output_dir.is_absolute() and ctx.base_dir is not None and not output_dir.exists():
+                    output_dir = ctx.base_dir / output_dir
+                responses, bad = from_runs(flywheel.runs, output_dir, flywheel.tools)
+                items += responses
+                dropped += bad
         return Prepared(items=items, dropped=dropped)
 
-    async def process(self, items: Sequence[SourceItem], ctx: StageContext) -> StageOutput:
+    async def process(self, items: Sequence[DocumentItem], ctx: StageContext) -> StageOutput:
         cfg = self.config(ctx.spec)
-        # Items may arrive as plain dicts when a runner serializes them between processes.
-        source_items = list(items)
+        source_items = [_as_item(item) for item in items]
         # CPU-bound (~2.5 ms a page): off the event loop, so a worker running LLM-bound units
         # of other stages concurrently keeps serving them.
         results = await asyncio.to_thread(ingest_items, source_items, cfg, ctx.run_id)

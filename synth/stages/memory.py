@@ -10,10 +10,19 @@ the entity is only the anchor that gathers statements from many documents.
   exact and MinHash near-duplicates are dropped (``synth.dedup``), keeping the earliest
   published copy; the rest is cut into chunks at paragraph boundaries.
 * ``process`` asks the LLM for statements per chunk and validates every one of them: an
-  entity that is not in the text, a number that is not in the text, a statement that does
-  not name its entity are each dropped with a counted reason. Entity names are normalized
-  (``canonical_entity``) by a pure function of the name, so units running in parallel put
-  "The Riverton Transit Authority" and "riverton transit authority" under one entity.
+  entity that is not in the text, a number that is not in the text (compared by value:
+  "38.2 million" is "38,200,000"), a statement without a verb (a byline, a title), one
+  that does not name its entity, one anchored on a common word ("Overnight", "Hotels") are
+  each dropped with a counted reason. Entity names are normalized (``canonical_entity``) by
+  a pure function of the name, so units running in parallel put "The Riverton Transit
+  Authority" and "riverton transit authority" under one entity.
+* **Verified memory**: every statement that passes is then checked against its chunk by
+  the judge model, many statements per call (``synth.support``); only ``supported`` ones
+  become records (``verified_by: judge``), the others go to the ledger as
+  ``unsupported_statement``, ``incomplete_statement`` or ``unverified_statement`` with the
+  judge's reason. ``agentcpt quality`` reports the support rate.
+* ``knowledge_graph`` documents (``inputs.triples``) need no model: each line is a triple,
+  turned into a statement anchored on its subject (``verified_by: triple``).
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from synth.dedup import find_duplicate_matches
+from synth.answers import ungrounded_numbers
+from synth.dedup import find_duplicate_matches, stage_signatures
 from synth.entities import (
     NOT_ENTITIES,
     Rejection,
@@ -37,9 +47,14 @@ from synth.entities import (
     text_aliases,
 )
 from synth.ids import record_id
+from synth.ingest.titles import choose_titles
+from synth.ingest.triples import parse_triple_line, verbalize
 from synth.llm.base import LLMError, Message
+from synth.llm.config import completion_cap
 from synth.records import DocumentRecord, Failure, MemoryRecord
 from synth.stage import Prepared, Stage, StageContext, StageOutput
+from synth.statement_checks import has_predicate, is_generic_name
+from synth.support import SupportVerdict, SupportVerdicts, support_messages
 
 
 class MemoryConfig(BaseModel):
@@ -57,6 +72,17 @@ class MemoryConfig(BaseModel):
         None,
         description="cap on documents read (earliest first, after dedup); the rest go to the failed "
         "ledger as over_max_documents. null = all",
+    )
+    support_check: bool = Field(
+        True,
+        description="check every statement against its chunk with the judge model (judge_llm); "
+        "unsupported ones go to the ledger. false keeps them unchecked (verified_by null)",
+    )
+    support_batch_size: PositiveInt = Field(12, description="statements checked per judge call")
+    judge_max_tokens: PositiveInt | None = Field(
+        512,
+        # ~30 tokens a verdict: 12 verdicts and the JSON around them.
+        description="completion cap of the support-check call, at most judge_llm.max_tokens; null = judge_llm.max_tokens",
     )
 
 
@@ -107,6 +133,7 @@ class MemoryChunk(BaseModel):
     index: int = Field(ge=0, description="chunk number within its document")
     n_chunks: int = Field(ge=1, description="chunks of the document")
     text: str
+    source_type: str = Field("web", description="the document's source_type (knowledge_graph chunks need no LLM)")
 
     @property
     def chunk_id(self) -> str:
@@ -233,6 +260,9 @@ class _ChunkContext:
         self.chunk = chunk
         source = f"{chunk.title or ''}\n{chunk.date or ''}\n{chunk.text}"
         self.source = source
+        # Where names are told from common words (synth.statement_checks.is_generic_name): the
+        # text, after the title as a sentence of its own, so a name in the title counts.
+        self.names_text = f"{chunk.text}\nAbout {chunk.title}." if chunk.title else chunk.text
         self.source_key = entity_key(source)
         self.numbers = numbers_in(source)
         # Config aliases win over acronyms the chunk defines.
@@ -305,16 +335,29 @@ def validate_statement(draft: StatementDraft, ctx: _ChunkContext) -> ValidStatem
             "invalid_statement",
             f"statement must have {MIN_STATEMENT_WORDS}+ words and at most {MAX_STATEMENT_CHARS} chars",
         )
-    missing = numbers_in(statement) - ctx.numbers
+    if not has_predicate(statement):
+        return Rejection(
+            "no_predicate", "the statement has no verb: a name, a title or a byline, not a claim"
+        )
+    missing = ungrounded_numbers(statement, ctx.source)
     if missing:
-        return Rejection("ungrounded_number", f"numbers {sorted(missing)} are not in the document")
+        return Rejection("ungrounded_number", f"numbers {missing} are not in the document")
     statement_key = entity_key(statement)
     key = entity_key(name)
     problem = _entity_problem(key, name, ctx, statement_key)
+    if problem is None and is_generic_name(name, ctx.names_text):
+        problem = Rejection("generic_subject", f"entity {name!r} is a common word in this text, not a name")
     if problem is not None:
         subject = leading_subject(statement)
         if subject is None or _entity_problem(entity_key(subject), subject, ctx, statement_key) is not None:
             return problem
+        if is_generic_name(subject, ctx.names_text):
+            # The fallback anchor is only the sentence's first capitalized words: "Overnight
+            # stays rose ..." or "Hotels reported ..." would anchor memory on a common word.
+            return Rejection(
+                "generic_subject",
+                f"{problem.message}; the statement's opening words {subject!r} are a common word, not a name",
+            )
         key = entity_key(subject)
     resolved = ctx.aliases.get(key, key)
     return ValidStatement(
@@ -340,7 +383,8 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
 
     config_type = MemoryConfig
     record_type = MemoryRecord
-    summary_fields = ('entity', 'statement')
+    summary_fields = ("entity", "statement")
+    shared_prompt_modules = ("synth.support",)
     name = "memory"
     upstream = ("documents",)
     barrier = True
@@ -353,7 +397,18 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
         # Earliest publication first, so a re-post is the one dropped; undated pages go last.
         docs.sort(key=lambda d: (d.date or "9999", d.url, d.id))
         by_id = {d.id: d for d in docs}
-        matches = find_duplicate_matches([(d.id, d.text) for d in docs], threshold)
+        # Titles most pages of a site share (a generator's chrome, "Docs") fall back to each
+        # page's next candidate: only here is every page of a site seen at once.
+        titles = dict(
+            zip(
+                (d.id for d in docs),
+                choose_titles([(d.url, d.title_candidates or ([d.title] if d.title else [])) for d in docs]),
+                strict=True,
+            )
+        )
+        # MinHash signatures were made by the documents units (in parallel): only banding here.
+        signatures = stage_signatures(ctx.run_dir, self.upstream)
+        matches = find_duplicate_matches([(d.id, d.text) for d in docs], threshold, signatures=signatures)
         dropped: list[Failure] = []
         items: list[MemoryChunk] = []
         for doc in docs:
@@ -383,11 +438,12 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
                 MemoryChunk(
                     doc_id=doc.id,
                     url=doc.url,
-                    title=doc.title,
+                    title=titles[doc.id],
                     date=doc.date,
                     index=i,
                     n_chunks=len(chunks),
                     text=c,
+                    source_type=doc.source_type,
                 )
                 for i, c in enumerate(chunks)
             )
@@ -395,7 +451,11 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
 
     async def process(self, items: Sequence[MemoryChunk], ctx: StageContext) -> StageOutput:
         cfg = self.config(ctx.spec)
-        chunks = list(items)
+        cfg = cfg.model_copy(
+            update={"judge_max_tokens": completion_cap(cfg.judge_max_tokens, ctx.spec.effective_judge_llm.max_tokens)}
+        )
+        # A runner may ship items between processes as plain dicts.
+        chunks = [MemoryChunk.model_validate(c) if isinstance(c, dict) else c for c in items]
         results = await asyncio.gather(*(self._statements(chunk, cfg, ctx) for chunk in chunks))
         out = StageOutput()
         seen: set[str] = set()
@@ -410,89 +470,155 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
     async def _statements(
         self, chunk: MemoryChunk, cfg: MemoryConfig, ctx: StageContext
     ) -> tuple[list[MemoryRecord], list[Failure]]:
-        """One chunk through the LLM; every rejected statement becomes a Failure with its reason."""
+        """One chunk through the LLM and the checks; every rejected statement becomes a Failure
+        with its reason."""
+        if chunk.source_type == "knowledge_graph":
+            return self._triple_statements(chunk, cfg, ctx)
         cap = max(1, math.ceil(cfg.max_statements_per_doc / chunk.n_chunks))
         try:
             batch = await ctx.llm.complete(
                 memory_messages(chunk, cap), schema=StatementBatch, stage="memory", max_tokens=cfg.max_tokens
             )
         except LLMError as err:
-            return [], [
-                Failure(
-                    input_ids=[chunk.chunk_id],
-                    error_kind=err.kind,
-                    message=str(err),
-                    raw_output=err.raw_output,
-                )
-            ]
-
-        vctx = _ChunkContext(chunk, cfg.aliases)
-        records: list[MemoryRecord] = []
-        failures: list[Failure] = []
-        seen: set[tuple[str, str]] = set()
-        for draft in batch.statements:
-            result = validate_statement(draft, vctx)
-            raw = draft.model_dump_json()
-            if isinstance(result, Rejection):
-                failures.append(
-                    Failure(
-                        input_ids=[chunk.chunk_id],
-                        error_kind=result.error_kind,
-                        message=result.message,
-                        raw_output=raw,
-                    )
-                )
-                continue
-            entity, statement, time = result.entity, result.statement, result.time
-            dedup_key = (entity, statement.casefold())
-            if dedup_key in seen:
-                failures.append(
-                    Failure(
-                        input_ids=[chunk.chunk_id],
-                        error_kind="duplicate_statement",
-                        message=f"repeated statement about {entity!r}",
-                        raw_output=raw,
-                    )
-                )
-                continue
-            if len(records) >= cap:
-                failures.append(
-                    Failure(
-                        input_ids=[chunk.chunk_id],
-                        error_kind="over_statement_cap",
-                        message=f"more than {cap} statements for this chunk",
-                        raw_output=raw,
-                    )
-                )
-                continue
-            seen.add(dedup_key)
-            records.append(
-                MemoryRecord(
-                    id=record_id(
-                        "memory",
-                        [chunk.doc_id],
-                        {"prompt": STAGE.prompt_fingerprint, "chunk": chunk.index},
-                        {"entity": entity, "statement": statement, "time": time},
-                    ),
-                    run_id=ctx.run_id,
-                    parent_ids=[chunk.doc_id],
-                    model=ctx.llm.model_name,
-                    entity=entity,
-                    statement=statement,
-                    doc_id=chunk.doc_id,
-                    source_url=chunk.url,
-                    time=time,
-                )
-            )
+            return [], [_chunk_failure(chunk, err.kind, str(err), err.raw_output)]
         if not batch.statements:
+            return [], [_chunk_failure(chunk, "no_statements", "the model returned no statements for this chunk")]
+
+        candidates, failures = _checked_drafts(batch.statements, _ChunkContext(chunk, cfg.aliases))
+        # The cap applies before the support check: the judge reads only what could be kept.
+        for draft, _ in candidates[cap:]:
             failures.append(
-                Failure(
-                    input_ids=[chunk.chunk_id],
-                    error_kind="no_statements",
-                    message="the model returned no statements for this chunk",
+                _chunk_failure(
+                    chunk, "over_statement_cap", f"more than {cap} statements for this chunk", draft.model_dump_json()
                 )
             )
-        return records, failures
+        candidates = candidates[:cap]
+        verified_by: str | None = None
+        if cfg.support_check and candidates:
+            verdicts = await check_support(chunk, [v.statement for _, v in candidates], cfg, ctx)
+            kept: list[tuple[StatementDraft, ValidStatement]] = []
+            for (draft, valid), verdict in zip(candidates, verdicts, strict=True):
+                rejection = _support_rejection(verdict)
+                if rejection is None:
+                    kept.append((draft, valid))
+                else:
+                    failures.append(
+                        _chunk_failure(chunk, rejection.error_kind, rejection.message, draft.model_dump_json())
+                    )
+            candidates, verified_by = kept, "judge"
+
+        return [_record(chunk, valid, ctx, verified_by) for _, valid in candidates], failures
+
+    def _triple_statements(
+        self, chunk: MemoryChunk, cfg: MemoryConfig, ctx: StageContext
+    ) -> tuple[list[MemoryRecord], list[Failure]]:
+        """A knowledge_graph chunk: one statement per triple line, no model (``synth.ingest.triples``)."""
+        drafts: list[StatementDraft] = []
+        failures: list[Failure] = []
+        for line in chunk.text.splitlines():
+            triple = parse_triple_line(line)
+            if triple is None:
+                failures.append(_chunk_failure(chunk, "invalid_triple", f"not a triple line: {line[:200]!r}"))
+                continue
+            drafts.append(StatementDraft(entity=triple.subject, statement=verbalize(triple), time=triple.time))
+        candidates, rejected = _checked_drafts(drafts, _ChunkContext(chunk, cfg.aliases))
+        return [_record(chunk, valid, ctx, "triple") for _, valid in candidates], failures + rejected
+
+
+def _chunk_failure(chunk: MemoryChunk, kind: str, message: str, raw: str | None = None) -> Failure:
+    return Failure(input_ids=[chunk.chunk_id], error_kind=kind, message=message, raw_output=raw)
+
+
+def _checked_drafts(
+    drafts: Sequence[StatementDraft], vctx: _ChunkContext
+) -> tuple[list[tuple[StatementDraft, ValidStatement]], list[Failure]]:
+    """The drafts that pass the checks needing no model (once each), and a Failure for every other."""
+    kept: list[tuple[StatementDraft, ValidStatement]] = []
+    failures: list[Failure] = []
+    seen: set[tuple[str, str]] = set()
+    for draft in drafts:
+        result = validate_statement(draft, vctx)
+        raw = draft.model_dump_json()
+        if isinstance(result, Rejection):
+            failures.append(_chunk_failure(vctx.chunk, result.error_kind, result.message, raw))
+            continue
+        dedup_key = (result.entity, result.statement.casefold())
+        if dedup_key in seen:
+            failures.append(
+                _chunk_failure(vctx.chunk, "duplicate_statement", f"repeated statement about {result.entity!r}", raw)
+            )
+            continue
+        seen.add(dedup_key)
+        kept.append((draft, result))
+    return kept, failures
+
+
+def _record(chunk: MemoryChunk, valid: ValidStatement, ctx: StageContext, verified_by: str | None) -> MemoryRecord:
+    return MemoryRecord(
+        id=record_id(
+            "memory",
+            [chunk.doc_id],
+            {"prompt": STAGE.prompt_fingerprint, "chunk": chunk.index},
+            {"entity": valid.entity, "statement": valid.statement, "time": valid.time},
+        ),
+        run_id=ctx.run_id,
+        parent_ids=[chunk.doc_id],
+        model=ctx.llm.model_name if verified_by != "triple" else None,
+        entity=valid.entity,
+        statement=valid.statement,
+        doc_id=chunk.doc_id,
+        source_url=chunk.url,
+        time=valid.time,
+        verified_by=verified_by,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The support check (verified memory)
+# ---------------------------------------------------------------------------
+
+
+def support_source(chunk: MemoryChunk) -> str:
+    """What the judge checks statements against: the chunk with its title and date."""
+    header = "\n".join(x for x in (chunk.title, chunk.date) if x)
+    return f"{header}\n{chunk.text}" if header else chunk.text
+
+
+async def check_support(
+    chunk: MemoryChunk, statements: Sequence[str], cfg: MemoryConfig, ctx: StageContext
+) -> list[SupportVerdict | LLMError | None]:
+    """The judge's verdict for each statement (None: it gave none; an LLMError: the call failed)."""
+    size = cfg.support_batch_size
+    batches = [list(statements[i : i + size]) for i in range(0, len(statements), size)]
+
+    async def one(batch: list[str]) -> list[SupportVerdict | LLMError | None]:
+        try:
+            reply = await ctx.judge_llm.complete(
+                support_messages(support_source(chunk), batch),
+                schema=SupportVerdicts,
+                stage="memory",
+                max_tokens=cfg.judge_max_tokens,
+            )
+        except LLMError as err:
+            return [err] * len(batch)
+        by_number = reply.by_number(len(batch))
+        return [by_number.get(i) for i in range(1, len(batch) + 1)]
+
+    results = await asyncio.gather(*(one(b) for b in batches))
+    return [v for batch in results for v in batch]
+
+
+def _support_rejection(verdict: SupportVerdict | LLMError | None) -> Rejection | None:
+    """Why a statement fails the support check, or None when the judge found it supported."""
+    if isinstance(verdict, LLMError):
+        return Rejection("unverified_statement", f"the support check failed ({verdict.kind}): {verdict}")
+    if verdict is None:
+        return Rejection("unverified_statement", "the judge gave no verdict for this statement")
+    if verdict.verdict == "unsupported":
+        return Rejection("unsupported_statement", f"not supported by its source: {verdict.reason or 'no reason given'}")
+    if verdict.verdict == "incomplete":
+        return Rejection("incomplete_statement", f"not a self-contained claim: {verdict.reason or 'no reason given'}")
+    return None
 
 
 STAGE = MemoryStage()

@@ -89,28 +89,36 @@ PLAN_EXAMPLE_QUESTION = "Question: In which city was the founder of the company 
 # Short on purpose: the model imitates the example's length. With a longer example the
 # analysis ran past the quickstart's 192-token cap (truncated JSON) in 3 of 4 probe
 # questions; with this one in 1 of 4.
+# The queries name only what the question gives: an example that searches for the bridge
+# entity (the founder's name) or the answer teaches the model to plan with facts it has not
+# found yet.
 PLAN_EXAMPLE_REPLY = (
     '{"analysis": "I need the company that makes the iPhone, its founder, and his birthplace. Plan: find '
-    'the founder, then where he was born.", "tool": "search", "arguments": {"query": ["iPhone maker '
-    'founder", "Steve Jobs birthplace"]}}'
+    'the founder, then where he was born.", "tool": "search", "arguments": {"query": ["who founded the '
+    'company that makes the iPhone"]}}'
 )
 
-JUDGE_SYSTEM = """You check the first step a research agent planned for a question. Reply with one JSON object: {"reason": "label", "rationale": "one sentence"}
+JUDGE_SYSTEM = """You check the first step a research agent planned for a question. The agent has NOT seen the facts below: they are given only to you, to check the plan. A search for something the facts state but the question does not is needed, not unnecessary.
+Reply with one JSON object: {"reason": "label", "rationale": "one sentence"}
 Labels:
 accepted - the analysis is right and the action would get the facts the question needs
 content_inconsistency - the analysis or action contradicts the facts or misreads the question
-search_unnecessary - the action looks up something the question already gives, or no tool is needed
+search_unnecessary - the answer is common knowledge: someone could answer correctly without the facts and without any tool
 logic_discontinuity - the plan's steps do not follow from each other, or the action does not follow from the plan
 invalid_tool - the chosen tool cannot do what the plan asks
 other - any other problem"""
 
-# Two examples, one of each verdict, so the judge copies the format and not a verdict.
+# Two examples, one of each verdict, so the judge copies the format and not a verdict. The
+# accepted plan searches only with what the question gives (no founder's name, no city):
+# an example whose query names the bridge entity or the answer would teach the judge that
+# plans may use facts the agent has not found yet.
 JUDGE_EXAMPLES: tuple[tuple[str, str, str], ...] = (
     (
-        "I need the company that makes the iPhone (Apple), its founder, and his birthplace. Plan: find the "
-        "founder, then where he was born.",
-        '{"name": "search", "arguments": {"query": ["Apple founder Steve Jobs birthplace"]}}',
-        '{"reason": "accepted", "rationale": "The plan follows the question and searches for the needed fact."}',
+        "I need the company that makes the iPhone, its founder, and his birthplace. Plan: find the founder, "
+        "then where he was born.",
+        '{"name": "search", "arguments": {"query": ["who founded the company that makes the iPhone"]}}',
+        '{"reason": "accepted", "rationale": "The plan follows the question and searches for the fact it needs '
+        'first."}',
     ),
     (
         "The iPhone is made by Samsung, so I need the birthplace of Samsung's founder.",
@@ -451,9 +459,10 @@ class PlanningStage(Stage[PlanningConfig, QuestionRecord]):
     config_type = PlanningConfig
     record_type = PlanningRecord
     verdict = Verdict(accepted_sql="accepted", rejected_sql="NOT accepted")
-    summary_fields = ('accepted', 'reason')
+    summary_fields = ("accepted", "reason")
     name = "planning"
     upstream = ("questions",)
+    reads = ("memory",)
 
     async def process(self, items: Sequence[QuestionRecord], ctx: StageContext) -> StageOutput:
         cfg = self.config(ctx.spec)

@@ -2,9 +2,10 @@
 
 Paper §2.2.1: questions are synthesized from *clusters* of one or more entities of the
 open-world memory, in several styles (factual retrieval, numerical computation,
-multi-hop reasoning, synthesis, web navigation), often obfuscated so that no single
-keyword search answers them. Diversity is at the question level: one cluster yields
-``per_cluster`` questions in different styles.
+multi-hop reasoning, synthesis, web navigation — here a path from a starting page to the
+page that states a fact —, long-form reports graded by a rubric, either/or choices),
+often obfuscated so that no single keyword search answers them. Diversity is at the
+question level: one cluster yields ``per_cluster`` questions in different styles.
 
 * ``prepare`` (barrier, upstream ``memory``) draws clusters with a seeded sampler: every
   entity alone, plus groups of entities that co-occur (one statement names another
@@ -12,8 +13,13 @@ keyword search answers them. Diversity is at the question level: one cluster yie
   the spec's list, so over a run the styles come out in equal shares.
 * ``process`` asks once per (cluster, style), showing statements under short handles
   (S1..Sn) and mapping the handles the model cites back to statement ids. A question is
-  dropped, with a counted reason, when it doesn't parse, gives its answer away, or cites
-  no existing statement.
+  dropped, with a counted reason, when it doesn't parse, gives its answer away, cites no
+  existing statement, or states an answer the cited facts don't (numbers compared by
+  value across formats; ``validate_question``). A numerical answer is recomputed from the
+  cited numbers in the python sandbox (``synth.calculation``); a mismatch rejects it.
+* **Difficulty filter**: a question that passes is put to the model closed-book (no
+  facts); when it answers correctly, the question needs no search and is dropped as
+  ``too_easy`` (counted, like every other reason).
 """
 
 from __future__ import annotations
@@ -29,14 +35,33 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
+from synth.answers import match_answers, ungrounded_numbers
+from synth.calculation import Calculation, evaluate, matches_answer, unfounded_literals
 from synth.dedup import normalize_text
-from synth.entities import Rejection, entity_key, numbers_in
+from synth.entities import Rejection, entity_key
 from synth.ids import content_hash, record_id
+from synth.judges import AnswerVerdict, build_judge_messages
 from synth.llm.base import LLMError, Message
+from synth.llm.config import completion_cap
 from synth.records import Failure, MemoryRecord, QuestionRecord, QuestionStyle
 from synth.stage import Prepared, Stage, StageContext, StageOutput
 
-ALL_STYLES: list[QuestionStyle] = ["factual", "numerical", "multi_hop", "synthesis", "navigation"]
+ALL_STYLES: list[QuestionStyle] = [
+    "factual",
+    "numerical",
+    "multi_hop",
+    "synthesis",
+    "navigation",
+    "report",
+    "choice",
+]
+MIN_QUESTION_WORDS = 4
+MAX_ANSWER_CHARS = 400
+# Statements a style must cite at least.
+MIN_STATEMENTS: dict[str, int] = {"multi_hop": 2, "synthesis": 2, "choice": 2, "navigation": 2, "report": 3}
+# A closed-book guess at an either/or question is right half the time, and a report or a
+# navigation path is not a closed-book answer: the difficulty filter asks the others.
+DIFFICULTY_STYLES: list[QuestionStyle] = ["factual", "numerical", "multi_hop", "synthesis"]
 
 
 class QuestionsConfig(BaseModel):
@@ -54,6 +79,24 @@ class QuestionsConfig(BaseModel):
     )
     max_tokens: PositiveInt | None = Field(
         None, description="completion cap per question; null = the llm block's max_tokens"
+    )
+    max_answer_chars: PositiveInt = Field(MAX_ANSWER_CHARS, description="longest gold answer (all styles but report)")
+    max_report_chars: PositiveInt = Field(2500, description="longest report answer (the report style's long form)")
+    difficulty_filter: bool = Field(
+        True,
+        description="ask the model each question closed-book (no facts); drop the ones it answers correctly "
+        "as too_easy",
+    )
+    difficulty_styles: list[QuestionStyle] = Field(
+        default_factory=lambda: list(DIFFICULTY_STYLES), description="styles the difficulty filter applies to"
+    )
+    closed_book_max_tokens: PositiveInt | None = Field(
+        64, description="completion cap of the closed-book call, at most llm.max_tokens; null = llm.max_tokens"
+    )
+    judge_max_tokens: PositiveInt | None = Field(
+        128,
+        description="completion cap of the judge call grading a closed-book answer that exact/numeric matching "
+        "leaves open, at most judge_llm.max_tokens; null = judge_llm.max_tokens",
     )
 
 
@@ -186,13 +229,12 @@ def _has_number(statements: Sequence[ClusterStatement]) -> bool:
 
 def style_applies(style: QuestionStyle, statements: Sequence[ClusterStatement]) -> bool:
     """Whether a cluster can support a style at all (so the model isn't asked the impossible)."""
-    if style in ("multi_hop", "synthesis"):
-        return len(statements) >= 2
     if style == "numerical":
         return _has_number(statements)
     if style == "navigation":
-        return any(s.source_url for s in statements)
-    return True
+        # A path needs two pages: where the reader starts and where the fact is.
+        return len({s.source_url for s in statements if s.source_url}) >= 2
+    return len(statements) >= MIN_STATEMENTS.get(style, 1)
 
 
 def assign_styles(
@@ -207,17 +249,23 @@ def assign_styles(
 
 
 # ---------------------------------------------------------------------------
-# Prompt (one place, versioned: the version is part of every record id)
+# Prompt (its text is hashed into the stage's prompt fingerprint, checked on resume)
 # ---------------------------------------------------------------------------
 
 
 _SYSTEM = "You write quiz questions from facts. Reply with JSON only."
 STYLE_INSTRUCTIONS: dict[str, str] = {
     "factual": "ask for one fact from the facts. Describe the subject by a clue instead of its name if you can.",
-    "numerical": "the answer must be computed from numbers in the facts (a difference, a sum, a ratio or a percentage).",
+    "numerical": "the answer must be computed from numbers in the facts (a difference, a sum, a ratio or a "
+    "percentage). Give the computation as a Python expression over those numbers in \"calculation\".",
     "multi_hop": "chain two or more facts: describe one entity by a clue from another fact instead of naming it.",
     "synthesis": "ask for a short summary or comparison that combines several facts.",
-    "navigation": "ask which web page (URL) states a fact, or what a given web page says.",
+    "navigation": "give the web page (URL) where a reader starts, and ask which page, reached from there, "
+    "states a fact about something the first page mentions. The answer is that page's URL.",
+    "report": "ask for a short report that covers three or more of the facts; the answer is that report, a "
+    "paragraph that states each fact it uses.",
+    "choice": "ask an either/or or comparison question between two things the facts describe; the answer is "
+    "the right one of the two options named in the question.",
 }
 _EXAMPLE_FACTS = [
     (
@@ -237,6 +285,7 @@ _EXAMPLE_REPLIES: dict[str, dict[str, Any]] = {
         "question": "By how many passengers did Lake Varn ferry traffic grow from 2022 to 2023?",
         "answer": "31,000",
         "statements": ["S1", "S2"],
+        "calculation": "182000 - 151000",
     },
     "multi_hop": {
         "question": "In which year was the operator of a lake ferry that carried 182,000 passengers in 2023 founded?",
@@ -249,14 +298,33 @@ _EXAMPLE_REPLIES: dict[str, dict[str, Any]] = {
         "statements": ["S1", "S2"],
     },
     "navigation": {
-        "question": "Which web page gives the Lake Varn ferry's passenger count for 2022?",
+        "question": "The page https://varn.example/about describes the company that runs the Lake Varn ferry. "
+        "Which page do you reach from there that gives the ferry's passenger count for 2022?",
         "answer": "https://varn.example/ferry-2022",
-        "statements": ["S2"],
+        "statements": ["S3", "S2"],
+    },
+    "report": {
+        "question": "Write a short report on the Lake Varn ferry: who runs it, since when, and how its traffic "
+        "changed between 2022 and 2023.",
+        "answer": "The Lake Varn ferry is run by Varn Shipping, a company founded in 1961 in the town of Osk. "
+        "It carried 151,000 passengers in 2022 and 182,000 in 2023, according to Varn Shipping.",
+        "statements": ["S1", "S2", "S3"],
+    },
+    "choice": {
+        "question": "Did the Lake Varn ferry carry more passengers in 2022 or in 2023?",
+        "answer": "2023",
+        "statements": ["S1", "S2"],
     },
 }
 _REPLY_SHAPE = (
     'Reply as {"question": "...", "answer": "...", "statements": ["S1", ...]} listing the facts you used.'
 )
+_REPLY_SHAPE_CALCULATION = (
+    'Reply as {"question": "...", "answer": "...", "statements": ["S1", ...], "calculation": "..."} listing '
+    "the facts you used."
+)
+# Styles whose facts are shown with their page URLs.
+_URL_STYLES = frozenset({"navigation"})
 
 
 def _facts_block(facts: Sequence[tuple[str, str | None]], with_urls: bool) -> str:
@@ -267,15 +335,14 @@ def _facts_block(facts: Sequence[tuple[str, str | None]], with_urls: bool) -> st
 
 
 def _ask(style: str) -> str:
-    return (
-        f"Write one {style.replace('_', '-')} question: {STYLE_INSTRUCTIONS[style]} "
-        f"Do not put the answer in the question. {_REPLY_SHAPE}"
-    )
+    shape = _REPLY_SHAPE_CALCULATION if style == "numerical" else _REPLY_SHAPE
+    avoid = "" if style == "choice" else "Do not put the answer in the question. "
+    return f"Write one {style.replace('_', '-')} question: {STYLE_INSTRUCTIONS[style]} {avoid}{shape}"
 
 
 def question_messages(cluster: QuestionCluster, style: QuestionStyle) -> list[Message]:
     """Chat messages for one (cluster, style): a one-shot example turn in that style, then the cluster."""
-    with_urls = style == "navigation"
+    with_urls = style in _URL_STYLES
     facts = [
         (s.statement + (f" (time: {s.time})" if s.time and s.time not in s.statement else ""), s.source_url)
         for s in cluster.statements
@@ -286,6 +353,30 @@ def question_messages(cluster: QuestionCluster, style: QuestionStyle) -> list[Me
         {"role": "assistant", "content": json.dumps(_EXAMPLE_REPLIES[style])},
         {"role": "user", "content": _facts_block(facts, with_urls) + "\n\n" + _ask(style)},
     ]
+
+
+CLOSED_BOOK_SYSTEM = """Answer the question from your own knowledge, without looking anything up. Give only the short answer; if you do not know it, answer "unknown".
+Reply with one JSON object: {"answer": "..."}"""
+
+
+def closed_book_messages(question: str) -> list[Message]:
+    """The difficulty probe: the question alone, no facts (a model that answers it needs no search)."""
+    return [
+        {"role": "system", "content": CLOSED_BOOK_SYSTEM},
+        {"role": "user", "content": f"Question: {question}"},
+    ]
+
+
+class ClosedBookAnswer(BaseModel):
+    """The closed-book reply."""
+
+    model_config = ConfigDict(extra="ignore")
+    answer: str = Field(description="the short answer, or 'unknown'")
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _scalar_to_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
 
 _HANDLE_RE = re.compile(r"[Ss]?\s*(\d+)")
@@ -301,12 +392,15 @@ class QuestionDraft(BaseModel):
         extra="ignore", json_schema_extra={"required": ["question", "answer", "statements"]}
     )
     question: str = Field(description="the question")
-    answer: str = Field(description="its short gold answer")
+    answer: str = Field(description="its gold answer")
     statements: list[str] = Field(
         default_factory=list, description="handles of the facts used, e.g. ['S1', 'S3']"
     )
+    calculation: str | None = Field(
+        None, description="numerical questions: a Python expression over numbers of the facts giving the answer"
+    )
 
-    @field_validator("question", "answer", mode="before")
+    @field_validator("question", "answer", "calculation", mode="before")
     @classmethod
     def _scalar_to_str(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
@@ -335,10 +429,23 @@ def resolve_handles(handles: Sequence[str], statements: Sequence[ClusterStatemen
     return ids
 
 
-MIN_QUESTION_WORDS = 4
-MAX_ANSWER_CHARS = 400
-_MULTI_STATEMENT_STYLES = frozenset({"multi_hop", "synthesis"})
+# ---------------------------------------------------------------------------
+# Validation (the fair validators: every rejection names its reason)
+# ---------------------------------------------------------------------------
+
+
 _EXAMPLE_QUESTIONS = frozenset(normalize_text(r["question"]) for r in _EXAMPLE_REPLIES.values())
+_URL_RE = re.compile(r"https?://[^\s\])>\"']+|(?:file|search|kg):[^\s\])>\"']+")
+# Styles whose answer is stated in the cited facts; the others combine (synthesis, report)
+# or compute (numerical) theirs, so only their numbers are checked.
+_STATED_ANSWER_STYLES = frozenset({"factual", "multi_hop", "choice"})
+_MIN_ANSWER_WORD_SHARE = 0.5
+# A yes/no answer to a comparison ("Is the river longer than the bridge?") is judged by the
+# facts' numbers, not by words the facts would have to contain.
+_YES_NO = frozenset({"yes", "no"})
+_NUMBER_WORDS = frozenset(
+    {"percent", "per", "cent", "pct", "thousand", "million", "billion", "trillion", "bn", "mn"}
+)
 
 
 @dataclass(frozen=True)
@@ -346,12 +453,85 @@ class ValidQuestion:
     question: str
     answer: str
     knowledge_ids: list[str]
+    calculation: str | None = None
+
+
+def _in(needle: str, haystack: str) -> bool:
+    return bool(needle) and f" {needle} " in f" {haystack} "
+
+
+def is_choice_question(question: str, answer: str) -> bool:
+    """Whether ``question`` offers ``answer`` as one of two or more named options ("A or B",
+    "A vs B", "A compared with B"): an either/or question must name its answer."""
+    na, nq = normalize_text(answer), normalize_text(question)
+    if not _in(na, nq):
+        return False
+    options = re.split(r"\b(?:or|vs|versus|than|compared with|compared to)\b", nq)
+    return len(options) >= 2 and any(_in(na, part) for part in options)
+
+
+def _trim_url(url: str) -> str:
+    return url.rstrip(".,;:!?")
+
+
+def _navigation_problem(question: str, answer: str, cited: Sequence[ClusterStatement]) -> Rejection | None:
+    """A navigation question names a starting page and asks for the page, reached from it,
+    that states a fact: both pages must be among the cited statements' pages."""
+    pages = {s.source_url for s in cited if s.source_url}
+    target = _trim_url(answer.strip())
+    if target not in pages:
+        return Rejection(
+            "navigation_answer_not_a_page", f"the answer {answer!r} is not the URL of a cited statement's page"
+        )
+    starts = {_trim_url(u) for u in _URL_RE.findall(question)} & (pages - {target})
+    if not starts:
+        return Rejection(
+            "navigation_without_start", "the question names no starting page (a cited page other than the answer)"
+        )
+    return None
+
+
+def _derived_ok(numbers: Sequence[str], computation: Calculation | None, source: str) -> bool:
+    """Whether numbers the facts do not state are the python check's reproduced result."""
+    if computation is None or computation.value is None:
+        return False
+    if unfounded_literals(computation.expression, source):
+        return False
+    return all(matches_answer(computation.value, n) for n in numbers)
+
+
+def _calculation_problem(answer: str, computation: Calculation | None, source: str) -> Rejection | None:
+    """A numerical answer must be recomputed in the sandbox from numbers the facts state."""
+    if computation is None:
+        return Rejection("missing_calculation", "a numerical question needs its calculation (a Python expression)")
+    if computation.value is None:
+        return Rejection("invalid_calculation", computation.error or "the calculation did not run")
+    unfounded = unfounded_literals(computation.expression, source)
+    if unfounded:
+        return Rejection(
+            "calculation_ungrounded", f"the calculation uses {unfounded}, which the cited facts do not state"
+        )
+    if not matches_answer(computation.value, answer):
+        return Rejection(
+            "calculation_mismatch",
+            f"{computation.expression} = {computation.value:g}, which the answer {answer!r} does not state",
+        )
+    return None
 
 
 def validate_question(
-    draft: QuestionDraft, style: QuestionStyle, statements: Sequence[ClusterStatement]
+    draft: QuestionDraft,
+    style: QuestionStyle,
+    statements: Sequence[ClusterStatement],
+    computation: Calculation | None = None,
+    max_answer_chars: int = MAX_ANSWER_CHARS,
 ) -> ValidQuestion | Rejection:
-    """A usable question with the statement ids it rests on, or why it was rejected."""
+    """A usable question with the statement ids it rests on, or why it was rejected.
+
+    ``computation`` is the python check of ``draft.calculation`` (``synth.calculation.evaluate``),
+    None when the draft gives none. ``max_answer_chars`` applies to every style but
+    ``report``, whose answers are long by design (the stage passes its own limit for those).
+    """
     question = " ".join(draft.question.split())
     answer = " ".join(draft.answer.split())
     nq = normalize_text(question)
@@ -360,43 +540,49 @@ def validate_question(
     if nq in _EXAMPLE_QUESTIONS:
         return Rejection("copied_example", "the question is the prompt's example")
     na = normalize_text(answer)
-    if not na or len(answer) > MAX_ANSWER_CHARS:
-        return Rejection("invalid_answer", f"answer is empty or longer than {MAX_ANSWER_CHARS} chars")
-    if f" {na} " in f" {nq} ":
+    if not na or len(answer) > max_answer_chars:
+        return Rejection("invalid_answer", f"answer is empty or longer than {max_answer_chars} chars")
+    choice = is_choice_question(question, answer)
+    if style == "choice" and not choice:
+        return Rejection(
+            "choice_answer_not_an_option", f"a choice question must offer its answer {answer!r} as an option"
+        )
+    if _in(na, nq) and not choice:
         return Rejection("answer_in_question", f"the answer {answer!r} appears verbatim in the question")
     ids = resolve_handles(draft.statements, statements)
     if not ids:
         return Rejection(
             "no_statement_reference", f"cites {draft.statements!r}; the facts are S1..S{len(statements)}"
         )
-    if style in _MULTI_STATEMENT_STYLES and len(ids) < 2:
-        return Rejection("too_few_statements", f"a {style} question must rest on two or more statements")
-    if style in _STATED_ANSWER_STYLES:
-        cited = [s for s in statements if s.id in ids]
-        problem = _ungrounded(answer, cited)
-        if problem:
-            return Rejection("ungrounded_answer", problem)
-    return ValidQuestion(question, answer, ids)
-
-
-# Styles whose answer is stated in the cited facts (numerical and synthesis answers are
-# computed or combined, so their wording need not occur there).
-_STATED_ANSWER_STYLES = frozenset({"factual", "multi_hop", "navigation"})
-_MIN_ANSWER_WORD_SHARE = 0.5
-
-
-def _ungrounded(answer: str, cited: Sequence[ClusterStatement]) -> str | None:
-    """Why an answer is not supported by the statements it cites (None when it is): a number
-    they don't contain, or fewer than half of its words (a copied example answer, a guess)."""
-    source = " ".join(f"{s.statement} {s.time or ''} {s.source_url or ''}" for s in cited)
-    missing = numbers_in(answer) - numbers_in(source)
-    if missing:
-        return f"the answer's numbers {sorted(missing)} are not in the cited statements"
-    words = [w for w in normalize_text(answer).split() if len(w) > 2 and not w.isdigit()]
-    source_words = set(normalize_text(source).split())
-    if words and sum(w in source_words for w in words) < _MIN_ANSWER_WORD_SHARE * len(words):
-        return f"the answer {answer!r} is not stated in the cited statements"
-    return None
+    if len(ids) < MIN_STATEMENTS.get(style, 1):
+        return Rejection(
+            "too_few_statements", f"a {style} question must rest on {MIN_STATEMENTS[style]} or more statements"
+        )
+    cited = [s for s in statements if s.id in ids]
+    source = " ".join(f"{s.statement} {s.time or ''}" for s in cited)
+    if style == "navigation":
+        problem = _navigation_problem(question, answer, cited)
+        return problem or ValidQuestion(question, _trim_url(answer), ids)
+    if style == "numerical":
+        problem = _calculation_problem(answer, computation, source)
+        if problem is not None:
+            return problem
+        return ValidQuestion(question, answer, ids, computation.expression if computation else None)
+    missing = ungrounded_numbers(answer, source)
+    if missing and not _derived_ok(missing, computation, source):
+        checked = " (and the python check does not reproduce them)" if computation is not None else ""
+        return Rejection("ungrounded_answer", f"the answer's numbers {missing} are not in the cited statements{checked}")
+    if style in _STATED_ANSWER_STYLES and na not in _YES_NO:
+        # Numbers were compared by value above; their unit and scale words are not wording.
+        words = [
+            w
+            for w in normalize_text(answer).split()
+            if len(w) > 2 and not w[:1].isdigit() and w not in _NUMBER_WORDS
+        ]
+        source_words = set(normalize_text(source).split())
+        if words and sum(w in source_words for w in words) < _MIN_ANSWER_WORD_SHARE * len(words):
+            return Rejection("ungrounded_answer", f"the answer {answer!r} is not stated in the cited statements")
+    return ValidQuestion(question, answer, ids, computation.expression if computation and missing else None)
 
 
 # ---------------------------------------------------------------------------
@@ -409,7 +595,8 @@ class QuestionsStage(Stage[QuestionsConfig, QuestionCluster]):
 
     config_type = QuestionsConfig
     record_type = QuestionRecord
-    summary_fields = ('style', 'question', 'answer')
+    summary_fields = ("style", "question", "answer")
+    shared_prompt_modules = ("synth.judges",)
     name = "questions"
     upstream = ("memory",)
     barrier = True
@@ -464,9 +651,21 @@ class QuestionsStage(Stage[QuestionsConfig, QuestionCluster]):
 
     async def process(self, items: Sequence[QuestionCluster], ctx: StageContext) -> StageOutput:
         cfg = self.config(ctx.spec)
-        clusters = list(items)
+        cfg = cfg.model_copy(
+            update={
+                "max_tokens": completion_cap(cfg.max_tokens, ctx.spec.llm.max_tokens),
+                "closed_book_max_tokens": completion_cap(cfg.closed_book_max_tokens, ctx.spec.llm.max_tokens),
+                "judge_max_tokens": completion_cap(cfg.judge_max_tokens, ctx.spec.effective_judge_llm.max_tokens),
+            }
+        )
+        # A runner may ship items between processes as plain dicts.
+        clusters = [QuestionCluster.model_validate(c) if isinstance(c, dict) else c for c in items]
+        # Sandbox processes for calculations: a few at a time, not one per question at once.
+        sandbox = asyncio.Semaphore(SANDBOX_CONCURRENCY)
         jobs = [(cluster, style) for cluster in clusters for style in cluster.styles]
-        results = await asyncio.gather(*(self._question(cluster, style, cfg, ctx) for cluster, style in jobs))
+        results = await asyncio.gather(
+            *(self._question(cluster, style, cfg, ctx, sandbox) for cluster, style in jobs)
+        )
         out = StageOutput()
         seen: dict[str, set[str]] = defaultdict(set)  # cluster -> normalized questions kept
         for (cluster, style), result in zip(jobs, results, strict=True):
@@ -495,7 +694,12 @@ class QuestionsStage(Stage[QuestionsConfig, QuestionCluster]):
         )
 
     async def _question(
-        self, cluster: QuestionCluster, style: QuestionStyle, cfg: QuestionsConfig, ctx: StageContext
+        self,
+        cluster: QuestionCluster,
+        style: QuestionStyle,
+        cfg: QuestionsConfig,
+        ctx: StageContext,
+        sandbox: asyncio.Semaphore,
     ) -> QuestionRecord | Failure:
         try:
             draft = await ctx.llm.complete(
@@ -506,9 +710,26 @@ class QuestionsStage(Stage[QuestionsConfig, QuestionCluster]):
             )
         except LLMError as err:
             return self._failure(cluster, style, err.kind, str(err), err.raw_output)
-        result = validate_question(draft, style, cluster.statements)
+        computation = None
+        if draft.calculation and draft.calculation.strip():
+            async with sandbox:
+                computation = await evaluate(draft.calculation)
+        max_chars = cfg.max_report_chars if style == "report" else cfg.max_answer_chars
+        result = validate_question(draft, style, cluster.statements, computation, max_chars)
         if isinstance(result, Rejection):
             return self._failure(cluster, style, result.error_kind, result.message, draft.model_dump_json())
+        if cfg.difficulty_filter and style in cfg.difficulty_styles:
+            easy = await closed_book_answers(result, cfg, ctx)
+            if isinstance(easy, LLMError):
+                return self._failure(cluster, style, easy.kind, f"closed-book check: {easy}", easy.raw_output)
+            if easy is not None:
+                return self._failure(
+                    cluster,
+                    style,
+                    "too_easy",
+                    f"answered correctly without the facts ({easy!r}; gold {result.answer!r})",
+                    draft.model_dump_json(),
+                )
         question, answer, knowledge_ids = result.question, result.answer, result.knowledge_ids
         by_id = {s.id: s for s in cluster.statements}
         entities = list(dict.fromkeys(by_id[i].entity for i in knowledge_ids))
@@ -527,7 +748,49 @@ class QuestionsStage(Stage[QuestionsConfig, QuestionCluster]):
             answer=answer,
             entities=entities,
             knowledge_ids=knowledge_ids,
+            calculation=result.calculation,
         )
+
+
+SANDBOX_CONCURRENCY = 2
+
+
+async def closed_book_answers(
+    question: ValidQuestion, cfg: QuestionsConfig, ctx: StageContext
+) -> str | LLMError | None:
+    """The model's closed-book answer when it is correct (the question is too easy), None when
+    it is not, an LLMError when a call failed.
+
+    Exact and numeric matching decide first; a pair they leave open goes to the answer judge.
+    """
+    try:
+        reply = await ctx.llm.complete(
+            closed_book_messages(question.question),
+            schema=ClosedBookAnswer,
+            stage="questions",
+            max_tokens=cfg.closed_book_max_tokens,
+        )
+    except LLMError as err:
+        return err
+    guess = reply.answer.strip()
+    if not guess or normalize_text(guess) in _UNKNOWN_ANSWERS:
+        return None
+    match = match_answers(guess, question.answer)
+    if match.verdict != "inconclusive":
+        return guess if match.verdict == "match" else None
+    try:
+        verdict = await ctx.judge_llm.complete(
+            build_judge_messages(question.question, question.answer, guess),
+            AnswerVerdict,
+            stage="questions",
+            max_tokens=cfg.judge_max_tokens,
+        )
+    except LLMError as err:
+        return err
+    return guess if verdict.correct else None
+
+
+_UNKNOWN_ANSWERS = frozenset({"unknown", "i do not know", "i dont know", "not sure", "none", "n a"})
 
 
 STAGE = QuestionsStage()

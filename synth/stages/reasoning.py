@@ -4,13 +4,21 @@ For each question:
 
 1. **step 1** decomposes the question and answers it speculatively from the model's own
    knowledge (A1);
-2. **step 2** is given the question's source statements and refines step 1 into the final
-   answer (A2), fixing wrong facts and logical errors.
+2. **step 2** is given the question's source statements, each with its time and source
+   URL (a navigation question's answer is a URL), and refines step 1 into the final answer
+   (A2), fixing wrong facts and logical errors.
 
 Two filters follow. The first compares A2 with the gold answer: normalized exact, then
 numeric matching (``synth.answers``), and only when those are inconclusive the LLM judge;
-``decided_by`` says which settled it. The second, on correct answers only, checks the
-reasoning length and that step 2 arrives at the final answer it states.
+a ``report`` answer is graded by the rubric judge against its cited statements
+(``synth.judges.build_rubric_messages``). ``decided_by`` says which settled it. The second,
+on correct answers only, checks the reasoning length — limits that grow with the number of
+statements the question chains (``max_reasoning_chars`` + ``reasoning_chars_per_hop`` per
+statement beyond the first) — and that step 2 arrives at its final answer: normalized
+containment or a paraphrase first, the judge for what those leave open.
+
+The rendered text carries its evidence: question, the cited statements with time and URL,
+step 1, step 2, answer (``synth.render.fas.render_reasoning``).
 
 Every sample stays in the shards for statistics; ``correct`` is true, and ``text`` set, only
 for samples that pass both filters; ``reject_reason`` names the filter that stopped the rest.
@@ -22,11 +30,19 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    model_validator,
+)
 
-from synth.answers import answer_consistent, match_answers, mentions_answer
+from synth.answers import check_consistency, match_answers, mentions_answer, stated_answer
 from synth.ids import record_id
-from synth.judges import AnswerVerdict, build_judge_messages
+from synth.judges import AnswerVerdict, RubricVerdict, build_judge_messages, build_rubric_messages
 from synth.knowledge import format_statements, statements_for_questions
 from synth.llm.base import LLM, LLMError, Message
 from synth.llm.config import completion_cap
@@ -43,7 +59,17 @@ class ReasoningConfig(BaseModel):
         20, description="second filter: each step's reasoning has at least this many characters"
     )
     max_reasoning_chars: PositiveInt = Field(
-        6000, description="second filter: both steps together have at most this many characters"
+        6000,
+        description="second filter: both steps together have at most this many characters for a "
+        "one-statement question (see reasoning_chars_per_hop)",
+    )
+    reasoning_chars_per_hop: NonNegativeInt = Field(
+        3000,
+        description="second filter: characters added to max_reasoning_chars per cited statement beyond "
+        "the first (multi-hop and report reasoning is longer by nature)",
+    )
+    report_min_coverage: float = Field(
+        0.75, gt=0, le=1, description="share of a report's rubric points its answer must state to be correct"
     )
     numeric_rel_tol: NonNegativeFloat = Field(
         1e-6, description="relative tolerance of numeric answer matching"
@@ -75,16 +101,18 @@ STEP1_EXAMPLE_REPLY = (
     '(1) Alexander Graham Bell. (2) Around 1850. So the answer is 1850.", "answer": "1850"}'
 )
 
-STEP2_SYSTEM = """You get facts and an earlier attempt at a question. Check each step of the attempt against the facts, fix wrong facts and logical errors, and end with "So the answer is ...".
-Reply with one JSON object: {"reasoning": "the corrected reasoning", "final_answer": "short answer"}"""
+STEP2_SYSTEM = """You get facts and an earlier attempt at a question. Each fact says when it holds and the web page it comes from. Check each step of the attempt against the facts, fix wrong facts and logical errors, and end with "So the answer is ...". When the question asks for a page, the answer is that page's URL.
+Reply with one JSON object: {"reasoning": "the corrected reasoning", "final_answer": "the answer"}"""
 STEP2_USER = """Facts:
 {statements}
 Question: {question}
 Earlier attempt: {step1}
 Earlier answer: {answer1}"""
 STEP2_EXAMPLE_USER = STEP2_USER.format(
-    statements="- Alexander Graham Bell was born in Edinburgh, Scotland, in 1847.\n"
-    "- Bell was granted the first US patent for the telephone in 1876.",
+    statements="- Alexander Graham Bell was born in Edinburgh, Scotland, in 1847. "
+    "(time: 1847; source: https://history.example/bell)\n"
+    "- Bell was granted the first US patent for the telephone in 1876. "
+    "(time: 1876; source: https://history.example/telephone-patent)",
     question="In which year was the inventor of the telephone born?",
     step1="Sub-questions: (1) Who invented the telephone? (2) When was that person born? "
     "(1) Alexander Graham Bell. (2) Around 1850. So the answer is 1850.",
@@ -189,15 +217,32 @@ class Step2Draft(BaseModel):
 # ---------------------------------------------------------------------------
 
 
-def second_filter(step1: str, step2: str, final_answer: str, cfg: ReasoningConfig) -> RejectReason | None:
-    """Length bounds and answer consistency; None when the sample passes."""
+def max_reasoning_chars(cfg: ReasoningConfig, hops: int) -> int:
+    """The length limit of both steps for a question that cites ``hops`` statements."""
+    return cfg.max_reasoning_chars + cfg.reasoning_chars_per_hop * max(0, hops - 1)
+
+
+def length_problem(step1: str, step2: str, hops: int, cfg: ReasoningConfig) -> RejectReason | None:
+    """``too_short`` / ``too_long`` against the limits for ``hops`` cited statements, or None."""
     if min(len(step1.strip()), len(step2.strip())) < cfg.min_step_chars:
         return "too_short"
-    if len(step1) + len(step2) > cfg.max_reasoning_chars:
+    if len(step1) + len(step2) > max_reasoning_chars(cfg, hops):
         return "too_long"
-    if not answer_consistent(step2, final_answer):
-        return "answer_inconsistent"
     return None
+
+
+def second_filter(
+    step1: str, step2: str, final_answer: str, cfg: ReasoningConfig, hops: int = 1
+) -> RejectReason | Literal["inconclusive"] | None:
+    """Length bounds and answer consistency, without a model: None when the sample passes,
+    ``inconclusive`` when only the judge can tell whether step 2 arrives at ``final_answer``."""
+    problem = length_problem(step1, step2, hops, cfg)
+    if problem is not None:
+        return problem
+    verdict = check_consistency(step2, final_answer)
+    if verdict == "consistent":
+        return None
+    return "answer_inconsistent" if verdict == "inconsistent" else "inconclusive"
 
 
 def _failure(question: QuestionRecord, step: str, err: LLMError) -> Failure:
@@ -244,28 +289,20 @@ async def reason_question(
     )
 
     # First filter: the final answer against the gold one, cheapest decider first.
-    match = match_answers(final_answer, question.answer, rel_tol=cfg.numeric_rel_tol)
-    decided_by: str | None = match.decided_by
-    reject: RejectReason | None
-    if match.verdict != "inconclusive":
-        reject = None if match.verdict == "match" else "wrong_answer"
-    elif not cfg.judge:
-        reject = "unverified"
-    else:
-        try:
-            verdict = await judge_llm.complete(
-                build_judge_messages(question.question, question.answer, final_answer),
-                AnswerVerdict,
-                stage="reasoning",
-                max_tokens=cfg.judge_max_tokens,
-            )
-        except LLMError as err:
-            return _failure(question, "reasoning judge", err)
-        decided_by = "judge"
-        reject = None if verdict.correct else "wrong_answer"
+    try:
+        reject, decided_by = await first_filter(question, statements, final_answer, cfg, judge_llm)
+    except LLMError as err:
+        return _failure(question, "reasoning judge", err)
     # Second filter, on correct answers only: the paper filters the judge's survivors.
     if reject is None:
-        reject = second_filter(reasoning1, step2, final_answer, cfg)
+        hops = max(1, len(question.knowledge_ids))
+        second = second_filter(reasoning1, step2, final_answer, cfg, hops)
+        if second == "inconclusive":
+            try:
+                second = await judged_consistency(question.question, step2, final_answer, cfg, judge_llm)
+            except LLMError as err:
+                return _failure(question, "consistency judge", err)
+        reject = second
 
     params = {
         "prompt": STAGE.prompt_fingerprint,
@@ -289,8 +326,66 @@ async def reason_question(
         prompt_fingerprint=STAGE.prompt_fingerprint,
     )
     if record.correct:
-        record.text = render_reasoning(record, question.question)
+        record.text = render_reasoning(record, question.question, statements)
     return record
+
+
+async def first_filter(
+    question: QuestionRecord,
+    statements: Sequence[MemoryRecord],
+    final_answer: str,
+    cfg: ReasoningConfig,
+    judge_llm: LLM,
+) -> tuple[RejectReason | None, str | None]:
+    """(why the final answer is not accepted or None, what decided it). Raises LLMError.
+
+    A report is graded by the rubric judge against its cited statements; any other answer by
+    exact and numeric matching first, the answer judge for what they leave open.
+    """
+    if question.style == "report" and statements:
+        if not cfg.judge:
+            return "unverified", None
+        points = [s.statement for s in statements]
+        verdict = await judge_llm.complete(
+            build_rubric_messages(question.question, points, final_answer),
+            RubricVerdict,
+            stage="reasoning",
+            max_tokens=cfg.judge_max_tokens,
+        )
+        ok = not verdict.contradiction and verdict.coverage(len(points)) >= cfg.report_min_coverage
+        return (None if ok else "wrong_answer"), "rubric"
+    match = match_answers(final_answer, question.answer, rel_tol=cfg.numeric_rel_tol)
+    if match.verdict != "inconclusive":
+        return (None if match.verdict == "match" else "wrong_answer"), match.decided_by
+    if not cfg.judge:
+        return "unverified", None
+    verdict = await judge_llm.complete(
+        build_judge_messages(question.question, question.answer, final_answer),
+        AnswerVerdict,
+        stage="reasoning",
+        max_tokens=cfg.judge_max_tokens,
+    )
+    return (None if verdict.correct else "wrong_answer"), "judge"
+
+
+async def judged_consistency(
+    question: str, step2: str, final_answer: str, cfg: ReasoningConfig, judge_llm: LLM
+) -> RejectReason | None:
+    """The answer judge on what step 2 states against the final answer (same meaning?).
+
+    Only asked when containment and paraphrase checks leave it open; with ``judge: false``
+    such a sample is ``answer_inconsistent``. Raises LLMError.
+    """
+    if not cfg.judge:
+        return "answer_inconsistent"
+    stated = stated_answer(step2) or _clip(step2, 600)
+    verdict = await judge_llm.complete(
+        build_judge_messages(question, final_answer, stated),
+        AnswerVerdict,
+        stage="reasoning",
+        max_tokens=cfg.judge_max_tokens,
+    )
+    return None if verdict.correct else "answer_inconsistent"
 
 
 async def reason(
@@ -318,10 +413,11 @@ class ReasoningStage(Stage[ReasoningConfig, QuestionRecord]):
     config_type = ReasoningConfig
     record_type = ReasoningRecord
     verdict = Verdict(accepted_sql="correct", rejected_sql="NOT correct")
-    summary_fields = ('correct', 'final_answer', 'decided_by')
+    summary_fields = ("correct", "final_answer", "decided_by")
     shared_prompt_modules = ('synth.judges',)
     name = "reasoning"
     upstream = ("questions",)
+    reads = ("memory",)
 
     async def process(self, items: Sequence[QuestionRecord], ctx: StageContext) -> StageOutput:
         cfg = self.config(ctx.spec)

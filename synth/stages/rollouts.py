@@ -8,7 +8,17 @@ non-blank line of ``inputs.trajectories`` in file and line order):
   (``synth.tools``); the final answer is judged against the gold answer (exact and numeric
   matching from ``synth.answers``, then the LLM judge when those are inconclusive);
 * a **trajectory line**: imported (``synth.trajectories``), outcome from the file's own
-  label, else judged against its gold answer when it has one, else ``unknown``.
+  label, else judged against its gold answer when it has one, else (``unjudged``) judged by
+  the judge LLM against the trajectory's own evidence — its tool responses — or dropped
+  with a reason, or kept as ``unknown`` (such a record never enters the corpus).
+
+Two profiles: ``short`` (the default: a few steps in a small context, for CPT stage 1) and
+``long`` (``profile: long``: ~100 steps in a long context for stage 2's long HAS at 128K,
+AgentFounder §3.1). The long profile fills in its own defaults (``LONG_PROFILE``; a key the spec sets
+wins), searches an index holding every document of the run plus distractors (near
+duplicates and same-entity pages, ``synth.tools.search``), and visits pages the way the
+released Tongyi agent does: goal-conditioned evidence plus an LLM summary, with the raw
+page kept in the step's ``raw`` field (``synth.tools.visit``).
 
 Malformed model output never ends a rollout by itself: it becomes a tool response saying
 what was wrong (as the released agent does), is counted by kind in the record's
@@ -21,34 +31,58 @@ observation says what happened and the agent goes on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from synth.answers import match_answers, mentions_answer
 from synth.ids import record_id
 from synth.inputs import resolve_globs
+from synth.judges import AnswerVerdict, build_judge_messages
 from synth.llm.base import LLM, LLMError, Message
-from synth.records import Failure, Outcome, RolloutRecord, ToolAction, TrajectoryStep
+from synth.records import Failure, JudgedBy, Outcome, RolloutRecord, ToolAction, TrajectoryStep
 from synth.render import tags
 from synth.render.traces import estimate_tokens, render_rollout
 from synth.stage import Prepared, Stage, StageContext, StageOutput, Verdict
-from synth.toolset import TOOL_DESCRIPTIONS, validate_tool_call
+from synth.toolset import TOOL_DESCRIPTIONS, normalize_arguments, validate_tool_call
 from synth.trajectories import TrajectoryFormatError, TrajectoryRef, load_trajectory, scan_trajectory_files
 
 if TYPE_CHECKING:
     from synth.tools.environment import ToolEnvironment
+    from synth.tools.visit import SummarizingVisit
 
 ToolName = Literal["search", "visit", "python"]
+log = logging.getLogger(__name__)
+
+# What `profile: long` sets when the spec leaves a key out: research that needs many steps, an
+# index with distractors, summarizing visits. The agent's context stops at half of stage 2's
+# 128K window, not all of it: a trajectory's HAS text is its trace plus N alternatives at each
+# of up to 100 steps (~150 tokens each), and it is that text which must fit the window.
+LONG_PROFILE: dict[str, Any] = {
+    "max_steps": 100,
+    "max_context_tokens": 65536,
+    "max_observation_chars": 8000,
+    "visit_max_chars": 6000,
+    "search_top_k": 10,
+    "distractors": True,
+    "visit_summary": True,
+}
 
 
 class RolloutsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    profile: Literal["short", "long"] = Field(
+        "short",
+        description="short: a few steps for CPT stage 1; long: long-horizon research for stage 2 (fills in "
+        "LONG_PROFILE's settings the spec leaves out)",
+    )
     max_steps: PositiveInt = Field(8, description="tool calls before the agent must answer")
     tools: list[ToolName] = Field(
         default_factory=lambda: ["search", "visit", "python"], description="tools offered to the agent"
@@ -75,12 +109,42 @@ class RolloutsConfig(BaseModel):
     python_memory_mb: PositiveInt = Field(
         1024, description="address-space limit of one python call (RLIMIT_AS)"
     )
+    allow_unisolated_python: bool = Field(
+        False,
+        description="run the python tool even where no sandbox (bubblewrap, user namespaces) works: "
+        "model-written code can then read what the worker can; off = the tool is disabled there",
+    )
     example_turns: bool = Field(
         True,
         description="open the conversation with a worked search-then-answer example (helps small models)",
     )
     judge: bool = Field(True, description="ask the judge LLM when exact/numeric matching is inconclusive")
     judge_max_tokens: PositiveInt | None = Field(192, description="completion cap of the judge call")
+    distractors: bool = Field(
+        False, description="search also finds near-duplicate and same-entity distractor pages (long profile)"
+    )
+    visit_summary: bool = Field(
+        False,
+        description="visit returns goal-conditioned evidence and an LLM summary, keeping the raw page in the "
+        "step (long profile)",
+    )
+    visit_summary_max_tokens: PositiveInt | None = Field(256, description="completion cap of a visit summary")
+    unjudged: Literal["evidence", "drop", "keep"] = Field(
+        "evidence",
+        description="imported trajectories with neither a label nor a gold answer: judged by the judge LLM "
+        "against their own tool responses (evidence; with judge: false they stay unknown), dropped with a "
+        "reason (drop), or kept with outcome unknown, never a corpus text (keep)",
+    )
+    judge_evidence_chars: PositiveInt = Field(
+        12000, description="evidence shown to the evidence judge (passages about the question and answer)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("profile") == "long":
+            return {**LONG_PROFILE, **data}
+        return data
 
 
 class QuestionItem(BaseModel):
@@ -302,12 +366,29 @@ class AgentRun:
 
 
 def _clip_observation(text: str, max_chars: int) -> str:
+    # Cut at a word, marked only by an ellipsis: a tool response in a CPT text carries no
+    # pipeline wording (the model would learn to expect it from real tools).
     if len(text) <= max_chars:
         return text
-    return text[:max_chars].rstrip() + f"\n[… cut: {len(text) - max_chars} more characters]"
+    cut = text[:max_chars]
+    space = max(cut.rfind(" "), cut.rfind("\n"))
+    return (cut[:space] if space > max_chars - 200 else cut).rstrip() + " …"
 
 
-async def run_agent(question: str, llm: LLM, env: ToolEnvironment, cfg: RolloutsConfig) -> AgentRun:
+async def run_tool(
+    action: ToolAction, env: ToolEnvironment, visitor: SummarizingVisit | None
+) -> tuple[str, str | None]:
+    """(observation, raw) of a valid call: a summarizing visit keeps the pages it read as ``raw``."""
+    if visitor is not None and action.tool == "visit":
+        args = normalize_arguments(action.tool, action.arguments)
+        result = await visitor(args["url"], args["goal"])
+        return result.observation, result.raw
+    return await env.run(action), None
+
+
+async def run_agent(
+    question: str, llm: LLM, env: ToolEnvironment, cfg: RolloutsConfig, visitor: SummarizingVisit | None = None
+) -> AgentRun:
     """Answer ``question`` with the ReAct loop. Raises LLMError when the model cannot be reached."""
     messages = build_agent_messages(question, cfg)
     run = AgentRun()
@@ -348,9 +429,10 @@ async def run_agent(question: str, llm: LLM, env: ToolEnvironment, cfg: Rollouts
             observation = f"Error: {turn.error}"
         else:
             assert turn.action is not None
-            observation = _clip_observation(await env.run(turn.action), cfg.max_observation_chars)
+            observation, raw = await run_tool(turn.action, env, visitor)
+            observation = _clip_observation(observation, cfg.max_observation_chars)
             run.steps.append(
-                TrajectoryStep(thought=turn.thought, action=turn.action, observation=observation)
+                TrajectoryStep(thought=turn.thought, action=turn.action, observation=observation, raw=raw)
             )
             tool_steps += 1
         messages.append({"role": "assistant", "content": turn.context_text or reply})
@@ -368,33 +450,94 @@ async def judge_outcome(
     gold: Sequence[str],
     judge_llm: LLM | None,
     max_tokens: int | None,
-) -> Outcome:
-    """correct / incorrect against any of the gold answers; ``unknown`` without gold. Raises LLMError.
+) -> tuple[Outcome, JudgedBy | None]:
+    """(correct / incorrect against any of the gold answers, what decided it); ``unknown`` without
+    gold. Raises LLMError.
 
     Exact and numeric matching decide first; an inconclusive pair goes to ``judge_llm``, or,
     when there is none, counts as correct only if the answer names a gold answer.
     """
     if not gold:
-        return "unknown"
+        return "unknown", None
     if final_answer is None or not final_answer.strip():
-        return "incorrect"
-    verdicts = [match_answers(final_answer, g).verdict for g in gold]
-    if "match" in verdicts:
-        return "correct"
-    if all(v == "mismatch" for v in verdicts):
-        return "incorrect"
+        return "incorrect", "exact"
+    matches = [match_answers(final_answer, g) for g in gold]
+    for m in matches:
+        if m.verdict == "match":
+            return "correct", m.decided_by  # type: ignore[return-value]
+    if all(m.verdict == "mismatch" for m in matches):
+        return "incorrect", matches[0].decided_by  # type: ignore[return-value]
     if judge_llm is None:
-        return "correct" if any(mentions_answer(final_answer, g) for g in gold) else "incorrect"
-    # Imported lazily: synth.stages.reasoning owns the judge prompt and its reply schema.
-    from synth.judges import AnswerVerdict, build_judge_messages
-
+        return ("correct" if any(mentions_answer(final_answer, g) for g in gold) else "incorrect"), "mention"
     verdict = await judge_llm.complete(
         build_judge_messages(question, " | ".join(gold), final_answer),
         AnswerVerdict,
         stage="rollouts",
         max_tokens=max_tokens,
     )
-    return "correct" if verdict.correct else "incorrect"
+    return ("correct" if verdict.correct else "incorrect"), "judge"
+
+
+# The evidence judge: for imported trajectories that carry no gold answer and no label, the
+# only ground truth is what the agent itself read. An answer its tool responses do not back
+# is not taught as right.
+EVIDENCE_JUDGE_SYSTEM = """You check the final answer of a research agent against the evidence it gathered (the tool responses it read).
+"supported": the evidence states the answer, or facts from which it follows directly.
+"unsupported": the evidence contradicts the answer, or the answer rests on nothing in it.
+"cannot_tell": the evidence is too thin or too ambiguous to say.
+Reply with one JSON object: {"verdict": "supported" | "unsupported" | "cannot_tell", "rationale": "one sentence"}"""
+EVIDENCE_JUDGE_USER = """Question: {question}
+Final answer: {answer}
+
+Evidence:
+{evidence}"""
+
+
+class EvidenceVerdict(BaseModel):
+    """The evidence judge's reply (a boolean ``supported`` is read as supported/unsupported)."""
+
+    model_config = ConfigDict(extra="ignore")
+    verdict: Literal["supported", "unsupported", "cannot_tell"]
+    rationale: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "verdict" not in data and isinstance(data.get("supported"), bool):
+            return {**data, "verdict": "supported" if data["supported"] else "unsupported"}
+        if isinstance(data, dict) and isinstance(data.get("verdict"), str):
+            return {**data, "verdict": data["verdict"].strip().lower().replace(" ", "_").replace("'", "")}
+        return data
+
+
+def evidence_text(steps: Sequence[TrajectoryStep], question: str, answer: str, max_chars: int) -> str:
+    """The trajectory's tool responses, cut to ``max_chars`` keeping the passages about the question and answer."""
+    from synth.tools.visit import select_for_goal  # lazy: bm25s loads with the tools package
+
+    text = "\n\n".join(s.observation.strip() for s in steps if s.observation and s.observation.strip())
+    return select_for_goal(text, f"{question} {answer}", max_chars)[0]
+
+
+async def judge_by_evidence(
+    question: str, steps: Sequence[TrajectoryStep], final_answer: str | None, judge_llm: LLM, cfg: RolloutsConfig
+) -> tuple[Outcome | None, str]:
+    """(correct / incorrect, or None when the judge cannot tell; its rationale). Raises LLMError."""
+    if final_answer is None or not final_answer.strip():
+        return "incorrect", "the trajectory gives no final answer"
+    evidence = evidence_text(steps, question, final_answer, cfg.judge_evidence_chars)
+    if not evidence:
+        return "incorrect", "the trajectory read no evidence"
+    verdict = await judge_llm.complete(
+        [
+            {"role": "system", "content": EVIDENCE_JUDGE_SYSTEM},
+            {"role": "user", "content": EVIDENCE_JUDGE_USER.format(question=question, answer=final_answer, evidence=evidence)},
+        ],
+        EvidenceVerdict,
+        stage="rollouts",
+        max_tokens=cfg.judge_max_tokens,
+    )
+    outcome = {"supported": "correct", "unsupported": "incorrect"}.get(verdict.verdict)
+    return outcome, verdict.rationale  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------
@@ -402,23 +545,43 @@ async def judge_outcome(
 # ---------------------------------------------------------------------------
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    # Once per worker process: the first unit of a run logs it, not every unit.
+    log.warning(message)
+
+
 def _build_environment(ctx: StageContext, cfg: RolloutsConfig) -> ToolEnvironment:
     # Imported here: bm25s and the sandbox are needed only where rollouts run, not by every
     # importer of the spec (which imports this module for RolloutsConfig).
     from synth.tools.environment import ToolEnvironment
-    from synth.tools.sandbox import SandboxLimits
+    from synth.tools.sandbox import SandboxLimits, python_tool_notice
     from synth.tools.search import get_search_index
 
+    if "python" in cfg.tools and (notice := python_tool_notice(cfg.allow_unisolated_python)):
+        _warn_once(notice)
     return ToolEnvironment(
-        index=get_search_index(ctx.run_dir, lambda: ctx.read_stage("documents")),
+        index=get_search_index(ctx.run_dir, lambda: ctx.read_stage("documents"), distractors=cfg.distractors),
         sandbox=SandboxLimits(
             cpu_s=cfg.python_cpu_s,
             memory_mb=cfg.python_memory_mb,
             wall_s=cfg.python_timeout_s,
             max_output_chars=cfg.max_observation_chars,
+            allow_unisolated=cfg.allow_unisolated_python,
         ),
         search_top_k=cfg.search_top_k,
         visit_max_chars=cfg.visit_max_chars,
+    )
+
+
+def _build_visitor(ctx: StageContext, cfg: RolloutsConfig, env: ToolEnvironment) -> SummarizingVisit | None:
+    """The summarizing `visit` of the long profile (it asks the run's LLM), or None."""
+    if not cfg.visit_summary or "visit" not in cfg.tools:
+        return None
+    from synth.tools.visit import SummarizingVisit
+
+    return SummarizingVisit(
+        index=env.index, llm=ctx.llm, max_chars=cfg.visit_max_chars, summary_max_tokens=cfg.visit_summary_max_tokens
     )
 
 
@@ -436,6 +599,7 @@ def _record(
     source: str,
     model: str | None,
     malformed: dict[str, int],
+    judged_by: JudgedBy | None,
 ) -> RolloutRecord:
     text = render_rollout(question, steps, final_answer)
     content = {"question": question, "steps": [s.model_dump() for s in steps], "final_answer": final_answer}
@@ -454,16 +618,21 @@ def _record(
         n_tokens=estimate_tokens(text),
         text=text,
         malformed=malformed,
+        judged_by=judged_by,
     )
 
 
 async def rollout_question(
-    item: QuestionItem, ctx: StageContext, cfg: RolloutsConfig, env: ToolEnvironment
+    item: QuestionItem,
+    ctx: StageContext,
+    cfg: RolloutsConfig,
+    env: ToolEnvironment,
+    visitor: SummarizingVisit | None = None,
 ) -> RolloutRecord | Failure:
     """One agent run on one question: a judged record, or a Failure (LLM error, no usable step)."""
     try:
-        run = await run_agent(item.question, ctx.llm, env, cfg)
-        outcome = await judge_outcome(
+        run = await run_agent(item.question, ctx.llm, env, cfg, visitor)
+        outcome, judged_by = await judge_outcome(
             item.question, run.final_answer, [item.gold_answer], ctx.judge_llm if cfg.judge else None,
             cfg.judge_max_tokens,
         )  # fmt: skip
@@ -488,6 +657,7 @@ async def rollout_question(
         "tools": list(cfg.tools),
         "max_steps": cfg.max_steps,
         "seed": ctx.seed,
+        **({"profile": cfg.profile} if cfg.profile != "short" else {}),
     }
     return _record(
         ctx,
@@ -502,31 +672,50 @@ async def rollout_question(
         source="rollout",
         model=ctx.llm.model_name,
         malformed=dict(sorted(run.malformed.items())),
+        judged_by=judged_by,
     )
 
 
 async def import_trajectory(
     item: TrajectoryRef, ctx: StageContext, cfg: RolloutsConfig
 ) -> RolloutRecord | Failure:
-    """One trajectory line as a record (outcome: the file's label, else judged, else unknown), or a Failure."""
+    """One trajectory line as a record (outcome: the file's label, else judged against its gold
+    answer, else by ``cfg.unjudged``), or a Failure (unreadable line, judge error, dropped unjudged)."""
     try:
         traj = load_trajectory(item)
     except TrajectoryFormatError as err:
-        return Failure(input_ids=[item.where], error_kind="invalid_trajectory", message=str(err))
+        return Failure(input_ids=[item.where], error_kind=err.kind, message=str(err))
     outcome: Outcome = traj.label or "unknown"
-    if traj.label is None and traj.gold_answers:
-        try:
-            outcome = await judge_outcome(
+    judged_by: JudgedBy | None = "label" if traj.label is not None else None
+    try:
+        if traj.label is None and traj.gold_answers:
+            outcome, judged_by = await judge_outcome(
                 traj.question, traj.final_answer, traj.gold_answers, ctx.judge_llm if cfg.judge else None,
                 cfg.judge_max_tokens,
             )  # fmt: skip
-        except LLMError as err:
+        elif traj.label is None and cfg.unjudged == "drop":
             return Failure(
-                input_ids=[item.where],
-                error_kind=err.kind,
-                message=f"{item.where}: judge: {err}",
-                raw_output=err.raw_output,
+                input_ids=[item.where], error_kind="unjudged",
+                message=f"{item.where}: no gold answer and no outcome label (rollouts.unjudged: drop)",
+            )  # fmt: skip
+        elif traj.label is None and cfg.unjudged == "evidence" and cfg.judge:
+            judged, rationale = await judge_by_evidence(
+                traj.question, traj.steps, traj.final_answer, ctx.judge_llm, cfg
             )
+            if judged is None:
+                return Failure(
+                    input_ids=[item.where], error_kind="unjudged",
+                    message=f"{item.where}: no gold answer or label, and the judge could not tell from the "
+                    f"trajectory's evidence: {rationale}",
+                )  # fmt: skip
+            outcome, judged_by = judged, "evidence"
+    except LLMError as err:
+        return Failure(
+            input_ids=[item.where],
+            error_kind=err.kind,
+            message=f"{item.where}: judge: {err}",
+            raw_output=err.raw_output,
+        )
     source = f"import:{traj.format}"
     return _record(
         ctx,
@@ -541,6 +730,7 @@ async def import_trajectory(
         source=source,
         model=None,
         malformed={},
+        judged_by=judged_by,
     )
 
 
@@ -548,8 +738,8 @@ class RolloutsStage(Stage[RolloutsConfig, QuestionItem | TrajectoryRef]):
     config_type = RolloutsConfig
     record_type = RolloutRecord
     verdict = Verdict(accepted_sql="outcome = 'correct'", rejected_sql="outcome = 'incorrect'")
-    summary_fields = ('outcome', 'source', 'final_answer')
-    shared_prompt_modules = ('synth.judges',)
+    summary_fields = ("outcome", "source", "final_answer")
+    shared_prompt_modules = ("synth.judges", "synth.tools.visit")
     name = "rollouts"
     upstream = ("questions", "documents")
     barrier = True
@@ -573,11 +763,12 @@ class RolloutsStage(Stage[RolloutsConfig, QuestionItem | TrajectoryRef]):
         """Run the agent on question items and import trajectory items; one record or Failure each."""
         cfg = self.config(ctx.spec)
         env = _build_environment(ctx, cfg) if any(isinstance(i, QuestionItem) for i in items) else None
+        visitor = _build_visitor(ctx, cfg, env) if env is not None else None
         jobs = []
         for item in items:
             if isinstance(item, QuestionItem):
                 assert env is not None
-                jobs.append(rollout_question(item, ctx, cfg, env))
+                jobs.append(rollout_question(item, ctx, cfg, env, visitor))
             elif isinstance(item, TrajectoryRef):
                 jobs.append(import_trajectory(item, ctx, cfg))
             else:
