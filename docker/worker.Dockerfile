@@ -3,6 +3,13 @@
 # Build from the repo root: docker build -f docker/worker.Dockerfile -t agentcpt-worker .
 FROM rayproject/ray:2.60.0-py311-cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 AGENTCPT_DATA_DIR=/data
+# bubblewrap sandboxes the rollouts python tool (SECURITY.md). It needs user namespaces:
+# run the container with a seccomp profile that allows them (Docker's default refuses
+# clone(CLONE_NEWUSER)), else the tool is disabled and rollouts warn at run start.
+USER root
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap \
+ && rm -rf /var/lib/apt/lists/*
+USER 1000:100
 WORKDIR /opt/agentcpt
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 synth ./synth

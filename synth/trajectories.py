@@ -11,6 +11,8 @@ Each non-blank line is one work item (``TrajectoryRef``: file, line number, byte
 hash), so a unit re-reads only its own lines and a resumed run notices a file that changed.
 A line that cannot be imported raises ``TrajectoryFormatError`` whose message starts with
 ``file:line``; the stage turns it into a failed-ledger row and the other lines still run.
+Lines are bounded (``synth.ingest.limits``): one over ``MAX_LINE_BYTES`` is listed but never
+read (kind ``too_large``), and JSON nested too deep or with a huge number is refused.
 
 Steps: one ``TrajectoryStep`` per tool call (with the tool response that answered it), plus
 a last step without an action when the trajectory ends with an answer. Assistant text that
@@ -28,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from synth.ingest.limits import MAX_LINE_BYTES, InputLimitError, iter_lines, loads_bounded, too_large
 from synth.records import Outcome, ToolAction, TrajectoryStep
 from synth.render import tags
 
@@ -39,7 +42,11 @@ _TAG_START_RE = re.compile(r"<(?:tool_call|answer)>")
 
 
 class TrajectoryFormatError(ValueError):
-    """A trajectory line that cannot be imported; the message says where and what."""
+    """A trajectory line that cannot be imported; the message says where and what, ``kind`` the ledger kind."""
+
+    def __init__(self, message: str, kind: str = "invalid_trajectory") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class TrajectoryRef(BaseModel):
@@ -96,26 +103,31 @@ def scan_trajectory_files(paths: Iterable[Path], base_dir: Path | None = None) -
     refs: list[TrajectoryRef] = []
     for path in paths:
         display = _display_name(path, base_dir)
-        offset = 0
         with open(path, "rb") as f:
-            for line_no, raw in enumerate(f, 1):
-                if raw.strip():
+            # A line over the limit is still listed (hashed as it streams past), so the
+            # stage gives it its own ledger row when it comes to read it.
+            for line in iter_lines(f, MAX_LINE_BYTES):
+                if not line.blank:
                     refs.append(
                         TrajectoryRef(
                             path=str(Path(path).resolve()),
                             display=display,
-                            line_no=line_no,
-                            offset=offset,
-                            length=len(raw),
-                            sha256=hashlib.sha256(raw).hexdigest()[:32],
+                            line_no=line.number,
+                            offset=line.offset,
+                            length=line.length,
+                            sha256=line.sha256[:32],
                         )
                     )
-                offset += len(raw)
     return refs
 
 
 def read_trajectory_line(ref: TrajectoryRef) -> str:
-    """The text of the line ``ref`` points to; raises TrajectoryFormatError if it changed or is not UTF-8."""
+    """The text of the line ``ref`` points to; raises TrajectoryFormatError if it changed, is too large
+    or is not UTF-8."""
+    if ref.length > MAX_LINE_BYTES:
+        raise TrajectoryFormatError(
+            f"{ref.where}: {too_large('the line', ref.length, MAX_LINE_BYTES)}", "too_large"
+        )
     try:
         with open(ref.path, "rb") as f:
             f.seek(ref.offset)
@@ -134,9 +146,9 @@ def load_trajectory(ref: TrajectoryRef) -> ImportedTrajectory:
     """Read and parse one line; every error message starts with ``file:line``."""
     text = read_trajectory_line(ref)
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise TrajectoryFormatError(f"{ref.where}: not valid JSON: {err.msg} (column {err.colno})") from None
+        obj = loads_bounded(text)
+    except InputLimitError as err:
+        raise TrajectoryFormatError(f"{ref.where}: {err}") from None
     try:
         return parse_trajectory(obj)
     except TrajectoryFormatError as err:
@@ -260,8 +272,11 @@ def _question(obj: dict[str, Any], messages: list[dict[str, Any]]) -> tuple[str,
 def _parse_action(payload: Any, where: str) -> ToolAction:
     try:
         return tags.parse_tool_call(payload if isinstance(payload, str) else json.dumps(payload))
-    except ValueError as err:
+    except ValueError as err:  # includes CPython's cap on integer digits
         raise TrajectoryFormatError(f"{where}: {err}") from None
+    except RecursionError:
+        # The payload is a string inside the line, parsed again here: bound it the same way.
+        raise TrajectoryFormatError(f"{where}: tool call nested too deep to parse") from None
 
 
 class _StepBuilder:

@@ -6,12 +6,16 @@ byte offset) or per JSONL line (with its byte offset), plus a ``Failure`` for ea
 it can already tell is unusable (an unreadable file, a corrupt WARC, a bad JSONL line).
 ``SourceReader.load`` re-opens the file at the item's offset in the worker, so items stay
 a few hundred bytes whatever the page size.
+
+Every reader applies ``synth.ingest.limits``: a page over ``MAX_PAGE_BYTES`` (an HTML file, a
+WARC record, a JSONL ``html``/``text``) or a JSONL line over ``MAX_LINE_BYTES`` is a
+``too_large`` ledger row, never a silently truncated document; JSON nested too deep or with
+a huge number is an ``invalid_input`` row naming the file and line.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import zlib
 from abc import ABC, abstractmethod
@@ -22,6 +26,14 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from synth.ingest.limits import (
+    MAX_LINE_BYTES,
+    MAX_PAGE_BYTES,
+    InputLimitError,
+    iter_lines,
+    loads_bounded,
+    too_large,
+)
 from synth.records import Failure
 
 SourceFormat = Literal["html", "warc", "jsonl"]
@@ -128,13 +140,21 @@ class HtmlFileReader(SourceReader):
         if problem:
             yield _unreadable(path, ref, problem)
             return
+        size = path.stat().st_size
+        if size > MAX_PAGE_BYTES:
+            err = too_large("the page", size, MAX_PAGE_BYTES)
+            yield Failure(input_ids=[ref], error_kind=err.kind, message=f"{path}: {err}")
+            return
         yield SourceItem(path=str(path), ref=ref, format="html")
 
     def load(self, item: SourceItem) -> RawPage:
         try:
-            data = Path(item.path).read_bytes()
+            with open(item.path, "rb") as fh:
+                data = fh.read(MAX_PAGE_BYTES + 1)
         except OSError as err:
             raise InputError("unreadable_input", f"{item.path}: {err.strerror or err}") from None
+        if len(data) > MAX_PAGE_BYTES:  # grew since enumerate
+            raise InputError("too_large", f"{item.path}: {too_large('the page', len(data), MAX_PAGE_BYTES)}")
         return RawPage(url=None, source_type="web", html=data)
 
 
@@ -192,6 +212,8 @@ class WarcReader(SourceReader):
                     # Request/warcinfo/metadata records describe a crawl, not a page: checked, not listed.
                     url = record.rec_headers.get_header("WARC-Target-URI")
                     skip = _skip_reason(record) if is_response else None
+                    if is_response and skip is None and (record.length or 0) > MAX_PAGE_BYTES:
+                        skip = "too_large", str(too_large("the record", record.length, MAX_PAGE_BYTES))
                     _consume_checked(record)
                     if not is_response:
                         continue
@@ -224,6 +246,10 @@ class WarcReader(SourceReader):
                 if record is None or record.rec_type != "response":
                     raise InputError(
                         "unreadable_input", f"{item.ref}: no response record at byte {item.offset}"
+                    )
+                if (record.length or 0) > MAX_PAGE_BYTES:
+                    raise InputError(
+                        "too_large", f"{item.ref}: {too_large('the record', record.length, MAX_PAGE_BYTES)}"
                     )
                 payload = record.content_stream().read()
                 _consume_checked(record)
@@ -259,17 +285,20 @@ class JsonlReader(SourceReader):
             return
         try:
             with path.open("rb") as fh:
-                offset = 0
-                for lineno, raw in enumerate(fh):
-                    line_offset, offset = offset, offset + len(raw)
-                    if not raw.strip():
+                for line in iter_lines(fh, MAX_LINE_BYTES):
+                    if line.blank:
                         continue
+                    lineno = line.number - 1
                     line_ref = f"{ref}#{lineno}"
                     try:
-                        page = _parse_jsonl_line(raw)
+                        if line.data is None:
+                            raise InputError(
+                                "too_large", str(too_large("the line", line.length, MAX_LINE_BYTES))
+                            )
+                        page = _parse_jsonl_line(line.data)
                     except InputError as err:
                         yield Failure(
-                            input_ids=[line_ref], error_kind=err.kind, message=f"{path}:{lineno + 1}: {err}"
+                            input_ids=[line_ref], error_kind=err.kind, message=f"{path}:{line.number}: {err}"
                         )
                         continue
                     yield SourceItem(
@@ -277,7 +306,7 @@ class JsonlReader(SourceReader):
                         ref=line_ref,
                         format="jsonl",
                         index=lineno,
-                        offset=line_offset,
+                        offset=line.offset,
                         url=page.url,
                     )
         except OSError as err:
@@ -287,10 +316,15 @@ class JsonlReader(SourceReader):
         try:
             with open(item.path, "rb") as fh:
                 fh.seek(item.offset)
-                raw = fh.readline()
+                raw = fh.readline(MAX_LINE_BYTES + 1)
         except OSError as err:
             raise InputError("unreadable_input", f"{item.ref}: {err.strerror or err}") from None
-        page = _parse_jsonl_line(raw)
+        try:
+            if len(raw) > MAX_LINE_BYTES:  # the file changed since enumerate
+                raise InputError("too_large", str(too_large("the line", len(raw), MAX_LINE_BYTES)))
+            page = _parse_jsonl_line(raw)
+        except InputError as err:
+            raise InputError(err.kind, f"{item.path}:{item.index + 1}: {err}") from None
         return RawPage(
             url=page.url,
             source_type=page.source_type,
@@ -303,17 +337,22 @@ class JsonlReader(SourceReader):
 
 def _parse_jsonl_line(raw: bytes) -> JsonlPage:
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError("invalid_input", f"not JSON: {err}") from None
+        data = loads_bounded(raw)
+    except InputLimitError as err:
+        raise InputError(err.kind, str(err)) from None
     if not isinstance(data, dict):
         raise InputError("invalid_input", "a line must be a JSON object")
     try:
-        return JsonlPage.model_validate(data)
+        page = JsonlPage.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(x) for x in first["loc"]) or "line"
         raise InputError("invalid_input", f"{field}: {first['msg']}") from None
+    for name in ("html", "text"):
+        size = len((getattr(page, name) or "").encode("utf-8", errors="replace"))
+        if size > MAX_PAGE_BYTES:
+            raise InputError("too_large", f"{name}: {too_large('the page', size, MAX_PAGE_BYTES)}")
+    return page
 
 
 READERS: tuple[SourceReader, ...] = (HtmlFileReader(), WarcReader(), JsonlReader())

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from synth.records import ToolAction
-from synth.tools.sandbox import SandboxLimits, format_python_observation, run_python
+from synth.tools.sandbox import Isolation, SandboxLimits, format_python_observation, run_python
 from synth.tools.search import SearchIndex, search_tool
 from synth.tools.visit import visit_tool
 from synth.toolset import normalize_arguments
@@ -21,6 +21,8 @@ class ToolEnvironment:
     sandbox: SandboxLimits
     search_top_k: int = 5
     visit_max_chars: int = 4000
+    # None: what this host offers (bubblewrap, else unshare, else the tool is disabled).
+    isolation: Isolation | None = None
     # Each python call is a process using up to a CPU: no more at once than there are CPUs.
     _python_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(os.cpu_count() or 1))
 
@@ -33,6 +35,6 @@ class ToolEnvironment:
             return visit_tool(self.index, args["url"], args["goal"], self.visit_max_chars)
         if action.tool == "python":
             async with self._python_slots:
-                result = await run_python(args["code"], self.sandbox)
+                result = await run_python(args["code"], self.sandbox, self.isolation)
             return format_python_observation(result, self.sandbox)
         raise ValueError(f"no offline implementation of tool {action.tool!r}")
