@@ -8,9 +8,9 @@ tightest of their limits); ``preflight()`` each endpoint before the first stage
 what was started when the run ends.
 
 Worker side (``open_worker_llms``): one ``LLMClient`` per endpoint config, all sharing the
-run's request cache (``run_dir/cache/llm``, so a resumed run never pays twice for an
-answered request), one usage tracker per worker process, and, per endpoint, one permit
-source leasing from that endpoint's limiter actor.
+run's request cache (``RunLayout.llm_cache``, one segment file per unit, so a resumed run
+never pays twice for an answered request), one usage tracker per worker process, and, per
+endpoint, one permit source leasing from that endpoint's limiter actor.
 
 The embedded endpoint listens on 127.0.0.1 of the driver's machine: a cluster spanning
 several machines needs ``base_url`` pointing at a served endpoint (vLLM, SGLang, …).
@@ -161,6 +161,7 @@ class WorkerLLMs:
     llm: Any
     judge_llm: Any
     usage: Any
+    cache: Any = None  # the run's RequestCache (the worker publishes a unit's segment at commit)
     clients: list[Any] = field(default_factory=list)
     permit_sources: list[Any] = field(default_factory=list)
     heartbeats: list[Heartbeat] = field(default_factory=list)
@@ -176,6 +177,8 @@ class WorkerLLMs:
             await src.aclose()
         for client in self.clients:
             await client.aclose()
+        if self.cache is not None:
+            self.cache.close()
 
 
 def open_worker_llms(
@@ -188,7 +191,7 @@ def open_worker_llms(
 
     cache = RequestCache(RunLayout(run_dir).llm_cache)
     usage = UsageTracker(price=spec.llm.price)
-    out = WorkerLLMs(llm=None, judge_llm=None, usage=usage)
+    out = WorkerLLMs(llm=None, judge_llm=None, usage=usage, cache=cache)
     sources: dict[str, Any] = {}
     for url, name in limiters.items():
         actor = lookup_limiter(name)

@@ -29,6 +29,15 @@ Faults are chosen per request, first match wins:
    e.g. ``["rate_limit", "server_error"]`` fails every request's first two attempts;
 4. ``faults.rates``: an independent probability per kind (seeded).
 
+It can also play a misconfigured or failing provider: refuse a bad key (``api_key``: 401
+on every route), refuse request fields the way OpenAI's reasoning models refuse
+``max_tokens`` (``reject_params``: 400 naming the field), die mid-run
+(``die_after_requests``: the process exits when that many chat requests have been
+received), cut replies at the request's token cap with ``finish_reason: length``
+(``enforce_max_tokens``), and answer like a thinking model (``reasoning``). With
+``request_log`` it appends one JSON line per chat request it answered 200 (the messages'
+digest), flushed at once, so what a server that died was paid for is still known.
+
 Run as a module for a standalone server: ``python -m testing.fake_llm_server --port 8099``.
 """
 
@@ -43,6 +52,7 @@ import json
 import math
 import os
 import random
+import re
 import string
 import subprocess
 import sys
@@ -97,6 +107,20 @@ class FakeServerConfig(BaseModel):
     )
     slow_s: float = Field(30.0, ge=0, description="delay of 'slow' replies")
     seed: int = Field(0, description="seed of the fault dice")
+    api_key: str | None = Field(None, description="when set, any other bearer token gets 401 (every route)")
+    reject_params: list[str] = Field(
+        default_factory=list, description="request fields answered with a 400 naming them (e.g. max_tokens)"
+    )
+    die_after_requests: int | None = Field(
+        None, ge=0, description="process mode: exit when this many chat requests have been received"
+    )
+    enforce_max_tokens: bool = Field(
+        False, description="cut replies longer than the request's cap (4 chars a token), finish_reason: length"
+    )
+    reasoning: Literal["none", "think_prefix", "reasoning_content"] = Field(
+        "none", description="answer like a thinking model: a <think> prefix, or a reasoning_content field"
+    )
+    request_log: str | None = Field(None, description="append a JSON line per chat request answered 200")
 
 
 class ServerStats(BaseModel):
@@ -109,6 +133,8 @@ class ServerStats(BaseModel):
     peak_in_flight: int = Field(0, description="highest in_flight seen")
     faults: dict[str, int] = Field(default_factory=dict, description="faults injected, by kind")
     distinct_requests: int = Field(0, description="distinct message lists seen")
+    models_requests: int = Field(0, description="GET /v1/models requests received")
+    refused: dict[str, int] = Field(default_factory=dict, description="requests refused, by status (401, 400)")
 
 
 # --------------------------------------------------------------------------------------
@@ -129,12 +155,19 @@ def messages_digest(messages: Any) -> str:
 
 
 def schema_responder(body: dict[str, Any]) -> Any:
-    """A valid instance of the request's json_schema, or a short text; deterministic per messages."""
+    """A valid instance of the request's json_schema, or a short text; deterministic per messages.
+
+    When the last user message asks a field for a length ("Each thought is between 40 and 120
+    words long."), the responder follows it as an instruction-following model would: every
+    such field it writes has a word count in that range, in an agent's register drawn on that
+    message (``ContextHints``); its other strings are made of the message's words and its urls
+    are urls found there.
+    """
     rng = random.Random(messages_digest(body.get("messages")))
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema") or {}
-        return SchemaInstanceGenerator(schema, rng).generate()
+        return SchemaInstanceGenerator(schema, rng, hints=instruction_hints(body.get("messages"))).generate()
     if fmt.get("type") == "json_object":
         return {"reply": _text(rng, 3, 8)}
     return "Reply " + _text(rng, 4, 10) + "."
@@ -144,6 +177,139 @@ def echo_responder(body: dict[str, Any]) -> str:
     """The last message's content, unchanged (handy for transport tests)."""
     messages = body.get("messages") or [{}]
     return str(messages[-1].get("content", ""))
+
+
+# "Each thought is between 40 and 120 words long." — a length the request asks of a field.
+_WORD_RANGE_RE = re.compile(r"(thought|answer) is between (\d+) and (\d+) words")
+_CONTEXT_URL_RE = re.compile(r"https?://[^\s)\]>\"'<]+")
+_CONTEXT_WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9'-]{2,}")
+_MARKUP_RE = re.compile(r"<[^>]{1,40}>|\"\w+\"\s*:")
+
+
+# A research agent's register, measured on the WebDancer sample thoughts: about a quarter of
+# their words are function words; of the rest about 27% come from the question, 49% from the
+# steps so far (none on the first step), and the remainder are new to the context.
+_FUNCTION_WORDS = "the and that for but with from this was are which about then not there its".split()
+_NEW_WORDS = (
+    "search results first maybe need like should might check confirm sources mention visit start page "
+    "information key query specific point looking sure find verify details relevant official"
+).split() + _WORDS
+_FUNCTION_SHARE, _QUESTION_SHARE, _CONTEXT_SHARE = 0.26, 0.31, 0.52
+
+
+class ContextHints(BaseModel):
+    """What an instruction-following model would draw on: the requested thought length, and the
+    words and urls of the message it answers (the instruction itself left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+    field_words: dict[str, tuple[int, int]] = Field(description="field name -> (low, high) words asked of it")
+    question_words: list[str] = Field(description="words of the message's first paragraph (its question)")
+    words: list[str] = Field(description="words of the rest of the message")
+    urls: list[str]
+
+    def text(self, rng: random.Random, field: str) -> str:
+        """Text of the length asked of ``field`` in the register of ``_FUNCTION_SHARE`` and friends."""
+        out: list[str] = []
+        for _ in range(rng.randint(*self.field_words[field])):
+            r = rng.random()
+            content = (r - _FUNCTION_SHARE) / (1 - _FUNCTION_SHARE)
+            if r < _FUNCTION_SHARE:
+                pool = _FUNCTION_WORDS
+            elif content < _QUESTION_SHARE and self.question_words:
+                pool = self.question_words
+            elif content < _QUESTION_SHARE + _CONTEXT_SHARE and self.words:
+                pool = self.words
+            else:
+                # New to the context: everyday agent words, or (as often) a word of its own, as a
+                # model brings in names and terms it knows.
+                out.append(rng.choice(_NEW_WORDS) if rng.random() < 0.5 else _pseudo_word(rng))
+                continue
+            out.append(rng.choice(pool))
+        return " ".join(out)
+
+
+def _pseudo_word(rng: random.Random) -> str:
+    return "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4)))
+
+
+def instruction_hints(messages: Any) -> ContextHints | None:
+    """Hints from the last user message when it asks a field for a word range; else None."""
+    if not isinstance(messages, list):
+        return None
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    text = str(users[-1].get("content", "")) if users else ""
+    found = _WORD_RANGE_RE.findall(text)
+    if not found:
+        return None
+    field_words = {name: (int(low), max(int(low), int(high))) for name, low, high in found}
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip() and not _WORD_RANGE_RE.search(p)]
+    urls = list(dict.fromkeys(u.rstrip(".,;:") for u in _CONTEXT_URL_RE.findall(text)))
+
+    def words(parts: list[str]) -> list[str]:
+        return _CONTEXT_WORD_RE.findall(_MARKUP_RE.sub(" ", _CONTEXT_URL_RE.sub(" ", "\n".join(parts))))
+
+    rest = words(paragraphs[1:])
+    return ContextHints(
+        field_words=field_words,
+        question_words=words(paragraphs[:1]),
+        words=[w for w in rest if w not in {"Steps", "far", "none", "yet"}],
+        urls=urls,
+    )
+
+
+def agent_responder(body: dict[str, Any]) -> Any:
+    """``schema_responder``, plus a research agent for ReAct chat turns (no response_format and a
+    system prompt listing ``<tools>``): it searches with words of the question and of the last
+    tool response, visits urls found there, and answers when told to ("final answer now") or,
+    rarely, on its own; deterministic per messages."""
+    messages = body.get("messages") or []
+    system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
+    if body.get("response_format") or "<tools>" not in system:
+        return schema_responder(body)
+    rng = random.Random(messages_digest(messages))
+    users = [str(m.get("content", "")) for m in messages if m.get("role") == "user"]
+    responses = [u for u in users if u.lstrip().startswith("<tool_response>")]
+    first_response = next((i for i, u in enumerate(users) if u.lstrip().startswith("<tool_response>")), len(users))
+    question = users[first_response - 1] if first_response else ""
+    last = responses[-1] if responses else ""
+    tools = re.findall(r"^- (\w+):", system.split("<tools>", 1)[1].split("</tools>", 1)[0], re.M)
+    context = _CONTEXT_WORD_RE.findall(_MARKUP_RE.sub(" ", _CONTEXT_URL_RE.sub(" ", question + " " + last)))
+    context = context or list(_WORDS)
+
+    def words(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(context) for _ in range(rng.randint(lo, hi)))
+
+    # The agent thinks in the same register as an instruction-following model (ContextHints), on
+    # the question and every response so far.
+    hints = ContextHints(
+        field_words={"thought": (15, 60)},
+        question_words=_CONTEXT_WORD_RE.findall(question),
+        words=_CONTEXT_WORD_RE.findall(_MARKUP_RE.sub(" ", _CONTEXT_URL_RE.sub(" ", "\n".join(responses)))),
+        urls=[],
+    )
+    thought = hints.text(rng, "thought")
+    forced = "final answer now" in users[-1] if users else False
+    if forced or not ({"search", "visit"} & set(tools)) or rng.random() < 0.025:
+        return f"<think>\n{thought}\n</think>\n<answer>{words(1, 4)}</answer>"
+    urls = list(dict.fromkeys(u.rstrip(".,;:") for u in _CONTEXT_URL_RE.findall(last)))
+    if "visit" in tools and urls and ("search" not in tools or rng.random() < 0.5):
+        call = {"name": "visit", "arguments": {"url": rng.choice(urls), "goal": words(3, 8)}}
+    else:
+        call = {"name": "search", "arguments": {"query": [words(2, 6)]}}
+    return f"<think>\n{thought}\n</think>\n<tool_call>\n{json.dumps(call)}\n</tool_call>"
+
+
+def research_responder(body: dict[str, Any]) -> Any:
+    """A whole run with long research: ``agent_responder``'s agent on ReAct turns, and
+    ``testing.pipeline_responder.grounded_responder`` (grounded memory and questions, schema
+    instances for the rest) on every other request."""
+    from testing.pipeline_responder import grounded_responder  # lazy: that module imports this one
+
+    messages = body.get("messages") or []
+    system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
+    if not body.get("response_format") and "<tools>" in system:
+        return agent_responder(body)
+    return grounded_responder(body)
 
 
 def _text(rng: random.Random, lo: int, hi: int) -> str:
@@ -160,10 +326,13 @@ class SchemaInstanceGenerator:
     ``pattern`` is not solved: such strings may not match.
     """
 
-    def __init__(self, schema: dict[str, Any], rng: random.Random, max_depth: int = 8) -> None:
+    def __init__(
+        self, schema: dict[str, Any], rng: random.Random, max_depth: int = 8, hints: ContextHints | None = None
+    ) -> None:
         self.root = schema
         self.rng = rng
         self.max_depth = max_depth
+        self.hints = hints
 
     def generate(self) -> Any:
         return self.value(self.root, 0)
@@ -214,6 +383,9 @@ class SchemaInstanceGenerator:
         required = set(schema.get("required", []))
         out: dict[str, Any] = {}
         for name, sub in props.items():
+            if self.hints is not None and name in self.hints.field_words:
+                out[name] = self.hints.text(self.rng, name)
+                continue
             # Optional fields are filled too, except deep in recursion.
             if name in required or depth < self.max_depth:
                 out[name] = self.value(sub, depth + 1)
@@ -249,6 +421,8 @@ class SchemaInstanceGenerator:
         if fmt == "date":
             return f"2024-0{self.rng.randint(1, 9)}-1{self.rng.randint(0, 9)}"
         if fmt in ("uri", "url"):
+            if self.hints is not None and self.hints.urls:
+                return self.rng.choice(self.hints.urls)
             return f"https://example.org/{self.rng.choice(_WORDS)}"
         if fmt == "email":
             return f"{self.rng.choice(_WORDS)}@example.org"
@@ -262,7 +436,8 @@ class SchemaInstanceGenerator:
             return f"10.0.0.{self.rng.randint(1, 254)}"
         lo = int(schema.get("minLength", 0))
         hi = int(schema.get("maxLength", max(lo, 80)))
-        text = _text(self.rng, 2, 6)
+        vocabulary = (self.hints.question_words + self.hints.words) or _WORDS if self.hints is not None else _WORDS
+        text = " ".join(self.rng.choice(vocabulary) for _ in range(self.rng.randint(2, 6)))
         while len(text) < lo:
             text += " " + self.rng.choice(_WORDS)
         text = text[:hi].rstrip() if hi >= 1 else ""
@@ -352,8 +527,10 @@ class _FakeApp:
         self.completed = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.models_requests = 0
         self.faults: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
 
     def stats(self) -> ServerStats:
         return ServerStats(
@@ -363,7 +540,43 @@ class _FakeApp:
             peak_in_flight=self.peak_in_flight,
             faults=dict(self.faults),
             distinct_requests=len(self.attempts),
+            models_requests=self.models_requests,
+            refused=dict(self.refused),
         )
+
+    def refusal(self, request: Any, body: dict[str, Any] | None) -> Any:
+        """The 401/400 a misconfigured provider would answer, or None."""
+        from aiohttp import web
+
+        if self.config.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.config.api_key}":
+            self.refused["401"] += 1
+            return web.json_response(
+                {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                           "code": "invalid_api_key"}},
+                status=401,
+            )  # fmt: skip
+        for name in self.config.reject_params:
+            if body is not None and name in body:
+                self.refused["400"] += 1
+                # OpenAI's wording for its reasoning models.
+                hint = " Use 'max_completion_tokens' instead." if name == "max_tokens" else ""
+                return web.json_response(
+                    {"error": {"message": f"Unsupported parameter: '{name}' is not supported with this model.{hint}",
+                               "type": "invalid_request_error", "param": name, "code": "unsupported_parameter"}},
+                    status=400,
+                )  # fmt: skip
+        return None
+
+    def log_answered(self, body: dict[str, Any]) -> None:
+        if self.config.request_log is None:
+            return
+        line = json.dumps({"digest": messages_digest(body.get("messages")), "status": 200}) + "\n"
+        # One O_APPEND write per line: whole lines even from a process that dies right after.
+        fd = os.open(self.config.request_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
 
     def choose_fault(self, index: int, body: dict[str, Any], key: str) -> str | None:
         text = json.dumps(body.get("messages"), ensure_ascii=False)
@@ -386,6 +599,10 @@ class _FakeApp:
     async def handle_models(self, request: Any) -> Any:
         from aiohttp import web
 
+        self.models_requests += 1
+        refused = self.refusal(request, None)
+        if refused is not None:
+            return refused
         return web.json_response({"object": "list", "data": [{"id": self.config.model, "object": "model"}]})
 
     async def handle_stats(self, request: Any) -> Any:
@@ -413,6 +630,12 @@ class _FakeApp:
                 return web.json_response({"error": {"message": "body is not JSON"}}, status=400)
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
                 return web.json_response({"error": {"message": "messages must be a list"}}, status=400)
+            if self.config.die_after_requests is not None and index >= self.config.die_after_requests:
+                # A provider that goes away mid-run: no reply, and every later connection refused.
+                os._exit(3)
+            refused = self.refusal(request, body)
+            if refused is not None:
+                return refused
             key = messages_digest(body["messages"])
             self.attempts[key] += 1
             fault = self.choose_fault(index, body, key)
@@ -446,7 +669,12 @@ class _FakeApp:
                 request.transport.close()
                 raise asyncio.CancelledError
             self.completed += 1
-            return web.Response(body=raw, content_type="application/json")
+            resp = web.Response(body=raw, content_type="application/json")
+            # Written out before it is logged: a line in the log is a reply the client got.
+            await resp.prepare(request)
+            await resp.write_eof()
+            self.log_answered(body)
+            return resp
         finally:
             self.in_flight -= 1
 
@@ -456,17 +684,28 @@ class _FakeApp:
         else:
             reply = self.responder(body)
             content = reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        reasoning = ""
+        if self.config.reasoning != "none":
+            reasoning = "Let me think about what is asked. " * 3
+            if self.config.reasoning == "think_prefix":
+                message["content"] = f"<think>\n{reasoning}\n</think>\n\n{content}"
+            else:
+                message["reasoning_content"] = reasoning
+        finish_reason = "stop"
+        cap = body.get("max_completion_tokens", body.get("max_tokens"))
+        if self.config.enforce_max_tokens and isinstance(cap, int) and len(message["content"]) > 4 * cap:
+            message["content"] = message["content"][: 4 * cap]
+            finish_reason = "length"
         prompt_chars = sum(len(str(m.get("content", ""))) for m in body["messages"] if isinstance(m, dict))
         prompt_tokens = max(1, prompt_chars // 4)
-        completion_tokens = max(1, len(content) // 4)
+        completion_tokens = max(1, (len(message["content"]) + len(message.get("reasoning_content", ""))) // 4)
         return {
             "id": f"chatcmpl-{self.requests}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model") or self.config.model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -535,6 +774,8 @@ class FakeOpenAIServer:
             raise ValueError(
                 "a responder callable needs mode='thread'; name it in config.responder otherwise"
             )
+        if mode == "thread" and config is not None and config.die_after_requests is not None:
+            raise ValueError("die_after_requests ends the server's process: it needs mode='process'")
         self.config = config or FakeServerConfig()
         self._responder = responder
         self.mode = mode

@@ -16,6 +16,9 @@ Counting rules:
   or invalid output); ``retries_by_kind`` in the snapshot says why.
 * ``cache_hits``: calls answered from the request cache (no attempt sent).
 * ``failures``: calls that ended in an ``LLMError``, by ``kind``.
+* ``reasoning_tokens``: the part of the completion tokens a thinking model spent reasoning
+  (``usage.completion_tokens_details.reasoning_tokens`` when the endpoint reports it, else
+  estimated from the share of characters in ``reasoning_content`` or a ``<think>`` prefix).
 * latency: per successful HTTP attempt, send to reply (not time spent queued for a permit).
 """
 
@@ -47,6 +50,12 @@ def _bucket_value_ms(index: int) -> float:
     return _MIN_MS * 2 ** ((index - 0.5) / _BUCKETS_PER_DOUBLING)
 
 
+def latency_bucket_ms(index: int) -> tuple[float, float]:
+    """(upper bound, representative value) in ms of a ``latency_histogram`` bucket."""
+    upper = _MIN_MS if index == 0 else _MIN_MS * 2 ** (index / _BUCKETS_PER_DOUBLING)
+    return upper, _bucket_value_ms(index)
+
+
 class StageUsage(BaseModel):
     """Mergeable counters of one stage."""
 
@@ -61,6 +70,9 @@ class StageUsage(BaseModel):
     failures: dict[str, int] = Field(default_factory=dict, description="failed calls by error kind")
     prompt_tokens: int = Field(0, description="prompt tokens reported by the endpoint")
     completion_tokens: int = Field(0, description="completion tokens reported by the endpoint")
+    reasoning_tokens: int = Field(
+        0, description="of completion_tokens, a thinking model's reasoning (reported, or estimated by its share of characters)"
+    )
     latency_histogram: dict[int, int] = Field(
         default_factory=dict,
         description="successful-attempt latency: log2 bucket index (8 per doubling from 0.1 ms) -> count",
@@ -73,6 +85,7 @@ class StageUsage(BaseModel):
         self.calls += other.calls
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.reasoning_tokens += other.reasoning_tokens
         for mine, theirs in (
             (self.retries_by_kind, other.retries_by_kind),
             (self.failures, other.failures),
@@ -145,6 +158,13 @@ class UsageTracker:
                 b = _bucket(latency_s * 1000.0)
                 s.latency_histogram[b] = s.latency_histogram.get(b, 0) + 1
 
+    def record_reasoning(self, stage: str, tokens: int) -> None:
+        """Reasoning tokens of one answered attempt (already counted in its completion tokens)."""
+        if tokens <= 0:
+            return
+        with self._lock:
+            self._stage(stage).reasoning_tokens += tokens
+
     def record_retry(self, stage: str, reason: str) -> None:
         """A call is about to send another attempt because of ``reason`` (an error kind)."""
         with self._lock:
@@ -202,8 +222,10 @@ class UsageTracker:
             failures=dict(Counter(s.failures)),
             prompt_tokens=s.prompt_tokens,
             completion_tokens=s.completion_tokens,
+            reasoning_tokens=s.reasoning_tokens,
             latency_p50_ms=s.latency_quantile_ms(0.50),
             latency_p99_ms=s.latency_quantile_ms(0.99),
+            latency_histogram=dict(s.latency_histogram),
             cost_usd=cost,
         )
 

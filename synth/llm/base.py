@@ -6,6 +6,8 @@ neither a server nor a network. The real implementation is ``synth.llm.client.LL
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 from pydantic import BaseModel
@@ -31,6 +33,28 @@ class LLMInvalidOutput(LLMError):
     kind = "invalid_output"
 
 
+class LLMTruncated(LLMError):
+    """A structured reply cut by the completion cap (``finish_reason: length``) that did not parse.
+
+    Its own kind, not ``invalid_output``: the fix is a larger cap, not a better prompt, and
+    ``agentcpt stats`` names the setting to raise from the cap in the message.
+    """
+
+    kind = "truncated"
+
+    @classmethod
+    def at_cap(cls, cap: int, raw_output: str | None = None) -> LLMTruncated:
+        return cls(f"reply cut by the {cap}-token cap (finish_reason: length)", raw_output=raw_output)
+
+
+_TRUNCATED_CAP = re.compile(r"cut by the (\d+)-token cap")
+
+
+def truncation_caps(messages: Iterable[str]) -> set[int]:
+    """The caps named by ``truncated`` failure messages."""
+    return {int(m.group(1)) for text in messages if (m := _TRUNCATED_CAP.search(text or ""))}
+
+
 class LLMTimeout(LLMError):
     kind = "timeout"
 
@@ -40,9 +64,36 @@ class LLMHTTPError(LLMError):
 
     kind = "http_error"
 
+    def __init__(
+        self, message: str, raw_output: str | None = None, *, status: int | None = None, server_message: str = ""
+    ) -> None:
+        super().__init__(message, raw_output)
+        self.status = status
+        self.server_message = server_message
+
 
 class LLMConnectionError(LLMError):
     kind = "connection_error"
+
+
+class EndpointFailure(Exception):
+    """The endpoint itself is broken (bad key, unknown model, refused connections…): stop the run.
+
+    Deliberately *not* an ``LLMError``: stages turn ``LLMError`` into failed-ledger rows, and
+    a dead endpoint must not fill the ledger with rows that a resumed run would then skip.
+    This propagates out of the stage, the unit is not committed, and the run ends
+    ``failed`` with ``str(err)`` as its one-line message, e.g.
+    ``llm: https://api.openai.com/v1 answered 401: Incorrect API key provided``.
+    """
+
+    def __init__(self, endpoint: str, base_url: str, problem: str) -> None:
+        super().__init__(f"{endpoint}: {base_url} {problem}")
+        self.endpoint = endpoint
+        self.base_url = base_url
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:  # it crosses process boundaries (Ray)
+        return (type(self), (self.endpoint, self.base_url, self.problem))
 
 
 @runtime_checkable

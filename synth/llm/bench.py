@@ -111,7 +111,7 @@ def bench_command(
     base_url: str, model: str | None = None, concurrency: int = 64, requests: int = 2000, max_tokens: int = 16
 ) -> int:
     """CLI entry: print the ``BenchResult`` as JSON; exit 0 if every request got a reply, else 1."""
-    from synth.cli import UsageError
+    from synth.errors import UsageError
 
     if concurrency < 1 or requests < 1 or max_tokens < 1:
         raise UsageError("--concurrency, --requests and --max-tokens must be >= 1")

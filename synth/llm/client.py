@@ -2,19 +2,30 @@
 
 What a call does (``complete``)::
 
+    breaker open? -> EndpointFailure (the run stops)
     request cache hit? -> return it
     loop:
         permit = await limiter.acquire()            # concurrency window, RPM/TPM, Retry-After pause
         POST /chat/completions under a timeout      # raw aiohttp, one pool per client
-        limiter.release(permit, outcome)
+        limiter.release(permit, outcome); breaker.count(outcome)
         transient failure (429, 5xx, timeout, connection, malformed body)
             -> back off (exponential, jittered, >= Retry-After) and retry, up to max_retries
         reply does not parse/validate -> retry, up to max_invalid_retries
+            (a reply cut by the cap that does not parse: LLMTruncated at once)
     store in the cache, return text or a validated pydantic object
 
+The body is built in the endpoint's dialect (``synth.llm.dialect``: the cap's name,
+optional sampling fields, ``reasoning_effort``, ``extra_body``), and the cache key covers
+that whole body plus the extra headers.
+
 Failures end as the typed errors of ``synth.llm.base`` (``LLMTimeout``,
-``LLMConnectionError``, ``LLMHTTPError``, ``LLMInvalidOutput`` with the raw reply), which a
-stage turns into a failed-ledger row.
+``LLMConnectionError``, ``LLMHTTPError``, ``LLMInvalidOutput`` and ``LLMTruncated`` with
+the raw reply), which a stage turns into a failed-ledger row — or, when the endpoint
+itself is broken, as ``EndpointFailure``, which stops the run: the circuit breaker
+opened (``synth.llm.breaker``), or no connection could be made in ``max_retries`` retries.
+
+Timeouts: ``connect_timeout_s`` bounds opening a connection (a host that cannot be
+reached fails in seconds), ``timeout_s`` the whole attempt.
 
 Transport: raw aiohttp. Measured here (NOTES.md) with a 200 ms fake endpoint, concurrency
 64, client and server on the same 2 cores: the openai SDK on its default httpx transport
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import functools
 import json
 import logging
@@ -48,15 +60,27 @@ from pydantic import BaseModel
 from synth.llm.accounting import UsageTracker
 from synth.llm.base import (
     LLM,
+    EndpointFailure,
     LLMConnectionError,
     LLMError,
     LLMHTTPError,
     LLMInvalidOutput,
     LLMTimeout,
+    LLMTruncated,
     Message,
 )
+from synth.llm.breaker import CircuitBreaker
 from synth.llm.cache import CachedReply, RequestCache, request_key
-from synth.llm.config import LLMConfig
+from synth.llm.config import EMBEDDED, LLMConfig
+from synth.llm.dialect import (
+    estimate_reasoning_tokens,
+    reasoning_field,
+    refused_parameter_hint,
+    reported_reasoning_tokens,
+    request_body,
+    request_headers,
+    split_think_prefix,
+)
 from synth.llm.limits import MAX_GLOBAL_PAUSE_S, LocalLimiter, PermitResult, PermitSource
 from synth.llm.parse import OutputParseError, parse_structured
 
@@ -64,9 +88,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
 
-EMBEDDED = "embedded"
 # Statuses worth retrying: throttling, timeouts reported by proxies, and server errors.
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
+# Statuses that say the endpoint's setup is wrong (shape, key, model, path): the breaker counts them.
+ENDPOINT_STATUS = frozenset({400, 401, 403, 404, 405, 415, 422})
 _MAX_ERROR_TEXT = 300
 _MAX_RAW_OUTPUT = 4000
 _SCHEMA_NAME = re.compile(r"[^a-zA-Z0-9_-]")
@@ -95,7 +120,9 @@ class _RetryableError(Exception):
         self, kind: str, message: str, *, retry_after_s: float | None = None, raw: str | None = None
     ) -> None:
         super().__init__(message)
-        self.kind = kind  # retry reason: rate_limited, server_error, timeout, connection_error, bad_response
+        # retry reason: rate_limited, server_error, timeout, bad_response, connection_error
+        # (the connection broke after it was made) or unreachable (none could be made)
+        self.kind = kind
         self.retry_after_s = retry_after_s
         self.raw = raw
 
@@ -103,9 +130,25 @@ class _RetryableError(Exception):
         message = f"{self} (gave up after {attempts} attempts)"
         if self.kind == "timeout":
             return LLMTimeout(message)
-        if self.kind == "connection_error":
+        if self.kind in ("connection_error", "unreachable"):
             return LLMConnectionError(message)
         return LLMHTTPError(message, raw_output=self.raw)
+
+
+def transport_problem(err: BaseException, connect_timeout_s: float) -> tuple[str, str]:
+    """``(kind, description)`` of an aiohttp/OS error: ``unreachable`` when no connection was made."""
+    if isinstance(err, aiohttp.ConnectionTimeoutError):
+        return "unreachable", f"no connection within {connect_timeout_s:g} s (connect timeout)"
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return "unreachable", "cannot resolve the host name"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        os_error = getattr(err, "os_error", None)
+        if getattr(os_error, "errno", None) == errno.ECONNREFUSED or isinstance(os_error, ConnectionRefusedError):
+            return "unreachable", "connection refused"
+        return "unreachable", f"cannot connect ({getattr(os_error, 'strerror', None) or err})"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "connection_error", "the server closed the connection without a reply"
+    return "connection_error", f"{type(err).__name__}: {err}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +156,13 @@ class _Reply:
     content: str
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str | None = None
+    reasoning: str = ""  # from a reasoning_content / reasoning field
+    reasoning_tokens: int | None = None  # as the endpoint reported them
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -143,12 +193,29 @@ def estimate_tokens(messages: list[Message], max_tokens: int) -> int:
     return chars // 4 + 8 * len(messages) + max_tokens
 
 
+def server_message(raw: bytes) -> str:
+    """The server's own error message from an error body (OpenAI ``error.message``, FastAPI ``detail``)."""
+    text = raw[:2000].decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            text = str(data["error"].get("message", text))
+        elif isinstance(data, dict) and isinstance(data.get("error"), str):
+            text = data["error"]
+        elif isinstance(data, dict) and "detail" in data:
+            text = str(data["detail"])
+    except ValueError:
+        pass
+    return " ".join(text.split())
+
+
 class LLMClient:
     """Async client for one OpenAI-compatible endpoint; implements ``synth.llm.base.LLM``.
 
     Args:
-        config: endpoint and limits. ``base_url: embedded`` starts (or reuses) the embedded
-            endpoint on first use; the client stops it on ``aclose()`` if it started it.
+        config: endpoint, dialect and limits. ``base_url: embedded`` starts (or reuses) the
+            embedded endpoint on first use; the client stops it on ``aclose()`` if it started it.
+        name: the spec block this client serves (``llm`` or ``judge_llm``), for messages.
         limiter: where permits come from; default a ``LocalLimiter`` built from ``config``
             (capped at ``EMBEDDED_MAX_CONCURRENCY`` for ``base_url: embedded``). Pass a
             cluster-wide ``PermitSource`` to share limits between processes.
@@ -165,12 +232,14 @@ class LLMClient:
         self,
         config: LLMConfig,
         *,
+        name: str = "llm",
         limiter: PermitSource | None = None,
         cache: RequestCache | None = None,
         usage: UsageTracker | None = None,
         api_key: str | None = None,
     ) -> None:
         self.config = config
+        self.name = name
         if limiter is None:
             concurrency = config.max_concurrency
             if config.base_url == EMBEDDED:
@@ -181,6 +250,7 @@ class LLMClient:
         self.limiter: PermitSource = limiter
         self.cache = cache
         self.usage = usage if usage is not None else UsageTracker(price=config.price)
+        self.breaker = CircuitBreaker(config.breaker)
         self._api_key = api_key if api_key is not None else os.environ.get(config.api_key_env)
         self._model: str | None = config.model
         self._base_url: str | None = None if config.base_url == EMBEDDED else config.base_url.rstrip("/")
@@ -192,7 +262,7 @@ class LLMClient:
         self._rng = random.Random()
 
     def __repr__(self) -> str:  # never show the key
-        return f"LLMClient(base_url={self.config.base_url!r}, model={self._model!r})"
+        return f"LLMClient(name={self.name!r}, base_url={self.config.base_url!r}, model={self._model!r})"
 
     # -- the LLM protocol -----------------------------------------------------------------
 
@@ -225,11 +295,16 @@ class LLMClient:
     ) -> T | str:
         """One chat completion: the reply text, or with ``schema`` a validated instance of it.
 
+        ``temperature`` None means the config's (which may itself be None: send none).
+
         Raises ``LLMTimeout``, ``LLMConnectionError`` or ``LLMHTTPError`` when the endpoint
-        could not answer within ``max_retries`` retries (or answered a non-retryable 4xx), and
+        could not answer within ``max_retries`` retries (or answered a non-retryable 4xx),
         ``LLMInvalidOutput`` (with ``raw_output``) when no reply validated within
-        ``max_invalid_retries`` retries.
+        ``max_invalid_retries`` retries, ``LLMTruncated`` when a structured reply was cut by
+        the cap and did not parse — and ``EndpointFailure`` (not an ``LLMError``) when the
+        endpoint is broken: the breaker is open, or no connection could be made.
         """
+        self._raise_if_broken()
         try:
             await self._setup()
         except LLMError as err:  # the endpoint or its model list is unreachable
@@ -238,18 +313,18 @@ class LLMClient:
         model = self.model_name
         temperature = self.config.temperature if temperature is None else temperature
         max_tokens = self.config.max_tokens if max_tokens is None else max_tokens
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-        }
-        if schema is not None:
-            body["response_format"] = response_format(schema)
+        body = request_body(
+            self.config,
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            response_format=response_format(schema) if schema is not None else None,
+        )
 
         key = None
         if self.cache is not None:
-            key = self._cache_key(model, messages, temperature, max_tokens, schema)
+            key = self._cache_key(body, sampled=temperature is None or temperature > 0)
             hit = await self._cache_get(key)
             if hit is not None:
                 try:
@@ -295,6 +370,47 @@ class LLMClient:
         await self._setup()
         return self.model_name
 
+    async def list_models(self) -> list[str] | None:
+        """``GET /models``: the ids the endpoint serves, or None when it has no such route.
+
+        One attempt per try, 429/5xx retried twice; raises ``EndpointFailure`` when the
+        endpoint cannot be reached or refuses (401, 403, …) — the preflight's first step.
+        """
+        await self._setup(resolve_model=False)
+        assert self._session is not None and self._base_url is not None
+        url = f"{self._base_url}/models"
+        for attempt in range(3):
+            if attempt:
+                await asyncio.sleep(self._backoff_s(attempt, None))
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    async with self._session.get(url) as resp:
+                        raw, status = await resp.read(), resp.status
+            except aiohttp.ClientError as err:  # before TimeoutError: a connect timeout is both
+                kind, problem = transport_problem(err, self.config.connect_timeout_s)
+                if kind == "unreachable":
+                    raise self._failure(f"unreachable: {problem}") from None
+                continue
+            except TimeoutError:
+                raise self._failure(f"did not answer GET /models within {self.config.timeout_s:g} s") from None
+            except OSError as err:
+                raise self._failure(f"unreachable: {self._redact(str(err))}") from None
+            if status in (404, 405):
+                return None  # some servers have no model list; the test completion decides
+            if status in RETRYABLE_STATUS:
+                continue
+            if status != 200:
+                raise self._failure(f"answered {status}: {self._redact(server_message(raw))[:_MAX_ERROR_TEXT]}")
+            try:
+                return [str(m["id"]) for m in json.loads(raw)["data"]]
+            except (ValueError, KeyError, TypeError):
+                return None  # not an OpenAI model list: let the completion decide
+        raise self._failure(f"answered GET /models with {status} three times")
+
+    def pin_model(self, model: str) -> None:
+        """Use ``model`` from now on (the preflight resolved it), instead of asking ``/models``."""
+        self._model = model
+
     async def aclose(self) -> None:
         """Close the connection pool; stop the embedded endpoint if this client started it."""
         session, self._session = self._session, None
@@ -315,7 +431,14 @@ class LLMClient:
 
     # -- internals --------------------------------------------------------------------------
 
-    async def _setup(self) -> None:
+    def _failure(self, problem: str) -> EndpointFailure:
+        return EndpointFailure(self.name, self._base_url or self.config.base_url, problem)
+
+    def _raise_if_broken(self) -> None:
+        if self.breaker.open_reason is not None:
+            raise self._failure(self.breaker.open_reason)
+
+    async def _setup(self, *, resolve_model: bool = True) -> None:
         """Resolve the endpoint, open the pool, resolve the model; once (per event loop)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
@@ -327,7 +450,9 @@ class LLMClient:
             if self._session is not None:
                 self._session.detach()
                 self._session = None
-        elif self._session is not None and self._model is not None and self._base_url is not None:
+        elif self._session is not None and self._base_url is not None and (
+            self._model is not None or not resolve_model
+        ):
             return
         assert self._setup_lock is not None
         async with self._setup_lock:
@@ -335,7 +460,7 @@ class LLMClient:
                 await self._start_embedded()
             if self._session is None or self._session.closed:
                 self._session = self._new_session()
-            if self._model is None:
+            if self._model is None and resolve_model:
                 self._model = await self._fetch_model()
 
     async def _start_embedded(self) -> None:
@@ -356,18 +481,22 @@ class LLMClient:
 
     def _new_session(self) -> aiohttp.ClientSession:
         # One pool per client, as large as the concurrency ceiling: a permit never waits for
-        # a connection, and no more sockets than permits are ever opened.
+        # a connection, and no more sockets than permits are ever opened. So aiohttp's
+        # `connect` timeout only ever times connecting (DNS, TCP, TLS), never a pool wait.
         connector = aiohttp.TCPConnector(
             limit=self.config.max_concurrency, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
         )
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        # The asyncio.timeout around each attempt is the deadline; a second aiohttp timer per
-        # request would only cost CPU (it showed in profiles at hundreds of requests/s).
-        timeout = aiohttp.ClientTimeout(total=None)
+        # The asyncio.timeout around each attempt is the overall deadline; a second aiohttp
+        # timer per request would only cost CPU (it showed in profiles at hundreds of
+        # requests/s). Connecting has its own, shorter bound: an unreachable host fails in
+        # connect_timeout_s instead of timeout_s.
+        connect_s = min(self.config.connect_timeout_s, self.config.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
         return aiohttp.ClientSession(
-            connector=connector, headers=headers, timeout=timeout, raise_for_status=False
+            connector=connector,
+            headers=request_headers(self.config, self._api_key),
+            timeout=timeout,
+            raise_for_status=False,
         )
 
     async def _fetch_model(self) -> str:
@@ -382,24 +511,28 @@ class LLMClient:
                     async with self._session.get(url) as resp:
                         raw = await resp.read()
                         status = resp.status
+            except aiohttp.ClientError as err:  # before TimeoutError: a connect timeout is both
+                kind, problem = transport_problem(err, self.config.connect_timeout_s)
+                last = _RetryableError(kind, f"GET {url}: {self._redact(problem)}")
+                continue
             except TimeoutError:
                 last = _RetryableError("timeout", f"GET {url} timed out after {self.config.timeout_s:g} s")
                 continue
-            except (aiohttp.ClientError, OSError) as err:
-                last = _RetryableError("connection_error", f"GET {url}: {self._redact(repr(err))}")
+            except OSError as err:
+                last = _RetryableError("connection_error", f"GET {url}: {self._redact(str(err))}")
                 continue
             if status != 200:
                 error = f"GET {url}: HTTP {status} {self._error_text(raw)}"
                 if status in RETRYABLE_STATUS:
                     last = _RetryableError("server_error", error)
                     continue
-                raise LLMHTTPError(error)
+                raise LLMHTTPError(error, status=status, server_message=self._error_text(raw))
             try:
                 models = [m["id"] for m in json.loads(raw)["data"]]
             except (ValueError, KeyError, TypeError):
                 raise LLMHTTPError(f"GET {url}: not an OpenAI model list") from None
             if not models:
-                raise LLMHTTPError(f"GET {url}: the endpoint lists no models; set llm.model")
+                raise LLMHTTPError(f"GET {url}: the endpoint lists no models; set {self.name}.model")
             return str(models[0])
         assert last is not None
         raise last.final(self.config.max_retries + 1)
@@ -411,20 +544,21 @@ class LLMClient:
         if self._base_url is None:
             self._start_embedded_blocking()
         url = f"{self._base_url}/models"
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        headers = request_headers(self.config, self._api_key)
         try:
             with urllib.request.urlopen(  # noqa: S310 (the configured endpoint)
-                urllib.request.Request(url, headers=headers), timeout=min(self.config.timeout_s, 30)
+                urllib.request.Request(url, headers=headers),
+                timeout=min(self.config.timeout_s, self.config.connect_timeout_s, 30),
             ) as resp:
                 models = [m["id"] for m in json.loads(resp.read())["data"]]
         except urllib.error.HTTPError as err:
-            raise LLMHTTPError(f"GET {url}: HTTP {err.code}") from None
+            raise LLMHTTPError(f"GET {url}: HTTP {err.code}", status=err.code) from None
         except OSError as err:
             raise LLMConnectionError(f"GET {url}: {self._redact(str(err))}") from None
         except (ValueError, KeyError, TypeError):
             raise LLMHTTPError(f"GET {url}: not an OpenAI model list") from None
         if not models:
-            raise LLMHTTPError(f"GET {url}: the endpoint lists no models; set llm.model")
+            raise LLMHTTPError(f"GET {url}: the endpoint lists no models; set {self.name}.model")
         return str(models[0])
 
     async def _complete_uncached(
@@ -440,10 +574,17 @@ class LLMClient:
         transient = 0
         invalid = 0
         while True:
+            self._raise_if_broken()  # another call may have opened it while this one waited
             try:
-                reply = await self._attempt(payload, estimated, stage)
+                reply = await self._attempt(payload, body, estimated, stage)
             except _RetryableError as err:
                 if transient >= self.config.max_retries:
+                    if err.kind == "unreachable":
+                        # No connection in max_retries retries: the endpoint is down, not this
+                        # request. Stopping beats a ledger row that a resumed run would skip.
+                        raise self._failure(
+                            f"unreachable: {err} (gave up after {transient + invalid + 1} attempts)"
+                        ) from None
                     raise err.final(transient + invalid + 1) from None
                 transient += 1
                 self.usage.record_retry(stage, err.kind)
@@ -451,9 +592,22 @@ class LLMClient:
                 log.debug("retrying after %s (%.2f s): %s", err.kind, delay, err)
                 await asyncio.sleep(delay)
                 continue
+            text = reply.content
+            reasoning = reply.reasoning
+            if schema is not None:
+                # A thinking model's reasoning is not the answer: parse what follows it.
+                split = split_think_prefix(text)
+                text, reasoning = split.content, "\n".join(r for r in (reasoning, split.reasoning) if r)
+            reasoning_tokens = reply.reasoning_tokens
+            if reasoning_tokens is None:
+                reasoning_tokens = estimate_reasoning_tokens(reasoning, text, reply.completion_tokens)
+            self.usage.record_reasoning(stage, reasoning_tokens)
             try:
-                return self._interpret(reply.content, schema), reply
+                return (text if schema is None else parse_structured(text, schema)), reply
             except OutputParseError as err:
+                if reply.truncated:
+                    # The same cap would cut the same reply again: no retry, a named failure.
+                    raise LLMTruncated.at_cap(max_tokens, raw_output=reply.content[:_MAX_RAW_OUTPUT]) from None
                 if invalid >= self.config.max_invalid_retries:
                     raise LLMInvalidOutput(str(err), raw_output=reply.content[:_MAX_RAW_OUTPUT]) from None
                 invalid += 1
@@ -461,11 +615,12 @@ class LLMClient:
 
     @staticmethod
     def _interpret(content: str, schema: type[T] | None) -> T | str:
+        """A cached reply as a value: text as it came, or parsed past a thinking model's prefix."""
         if schema is None:
             return content
-        return parse_structured(content, schema)
+        return parse_structured(split_think_prefix(content).content, schema)
 
-    async def _attempt(self, payload: bytes, estimated_tokens: int, stage: str) -> _Reply:
+    async def _attempt(self, payload: bytes, body: dict[str, Any], estimated_tokens: int, stage: str) -> _Reply:
         """One POST under a permit and a timeout; a ``_Reply``, or a raised error."""
         session = self._session
         assert session is not None
@@ -482,22 +637,29 @@ class LLMClient:
                         raw = await resp.read()
                         status = resp.status
                         headers = resp.headers
-            except TimeoutError:
+            except aiohttp.ClientError as err:  # before TimeoutError: a connect timeout is both
                 self.usage.record_attempt(stage, ok=False)
+                kind, problem = transport_problem(err, self.config.connect_timeout_s)
+                self.breaker.failure(f"unreachable: {problem}" if kind == "unreachable" else problem)
+                raise _RetryableError(kind, self._redact(problem)) from None
+            except TimeoutError:  # the attempt's deadline (timeout_s)
+                self.usage.record_attempt(stage, ok=False)
+                self.breaker.neutral()
                 result = PermitResult.timed_out(tokens_used=estimated_tokens)
                 raise _RetryableError("timeout", f"no reply within {self.config.timeout_s:g} s") from None
-            except (aiohttp.ClientError, OSError) as err:
+            except OSError as err:
                 self.usage.record_attempt(stage, ok=False)
-                raise _RetryableError(
-                    "connection_error", f"{type(err).__name__}: {self._redact(str(err))}"
-                ) from None
+                self.breaker.failure(f"connection failed: {err}")
+                raise _RetryableError("connection_error", f"{type(err).__name__}: {self._redact(str(err))}") from None
             latency_s = time.perf_counter() - started
             if status == 200:
                 try:
                     reply = self._read_completion(raw)
                 except _RetryableError:
                     self.usage.record_attempt(stage, ok=False)
+                    self.breaker.neutral()
                     raise
+                self.breaker.success()
                 result = PermitResult.ok(tokens_used=reply.prompt_tokens + reply.completion_tokens)
                 self.usage.record_attempt(
                     stage, ok=True, latency_s=latency_s, prompt_tokens=reply.prompt_tokens,
@@ -505,15 +667,26 @@ class LLMClient:
                 )  # fmt: skip
                 return reply
             self.usage.record_attempt(stage, ok=False)
-            message = f"HTTP {status} from {url}: {self._error_text(raw)}"
+            said = self._error_text(raw)
+            message = f"HTTP {status} from {url}: {said}"
             if status == 429:
+                self.breaker.neutral()
                 retry_after = parse_retry_after(headers)
                 result = PermitResult.throttled(retry_after)
                 raise _RetryableError("rate_limited", message, retry_after_s=retry_after)
             result = PermitResult.error(tokens_used=0)
             if status in RETRYABLE_STATUS:
+                self.breaker.neutral()
                 raise _RetryableError("server_error", message, retry_after_s=parse_retry_after(headers))
-            raise LLMHTTPError(message)
+            hint = refused_parameter_hint(said, body, self.name) if status == 400 else None
+            if hint:
+                said, message = f"{said} ({hint})", f"{message} ({hint})"
+            if status in ENDPOINT_STATUS:
+                self.breaker.failure(f"answered {status}: {said}")
+                self._raise_if_broken()
+            else:
+                self.breaker.neutral()
+            raise LLMHTTPError(message, status=status, server_message=said)
         finally:
             self.limiter.release(permit, result)
 
@@ -521,18 +694,24 @@ class LLMClient:
         try:
             data = json.loads(raw)
             choice = data["choices"][0]
-            content = choice["message"].get("content")
+            message = choice["message"]
+            content = message.get("content")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _RetryableError(
                 "bad_response", "malformed response body (not a chat completion)",
                 raw=raw[:_MAX_RAW_OUTPUT].decode("utf-8", "replace"),
             ) from None  # fmt: skip
         usage = data.get("usage") or {}
-        content = content if isinstance(content, str) else ""
+        if not isinstance(usage, dict):
+            usage = {}
+        finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         return _Reply(
-            content=content,
+            content=content if isinstance(content, str) else "",
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            reasoning=reasoning_field(message) if isinstance(message, dict) else "",
+            reasoning_tokens=reported_reasoning_tokens(usage),
         )
 
     def _backoff_s(self, retry: int, retry_after_s: float | None) -> float:
@@ -545,39 +724,22 @@ class LLMClient:
 
     def _error_text(self, raw: bytes) -> str:
         """The server's error message, short and with the API key masked."""
-        text = raw[:2000].decode("utf-8", "replace")
-        try:
-            data = json.loads(text)
-            if isinstance(data, dict) and isinstance(data.get("error"), dict):
-                text = str(data["error"].get("message", text))
-            elif isinstance(data, dict) and "detail" in data:
-                text = str(data["detail"])
-        except ValueError:
-            pass
-        return self._redact(text)[:_MAX_ERROR_TEXT]
+        return self._redact(server_message(raw))[:_MAX_ERROR_TEXT]
 
     def _redact(self, text: str) -> str:
         if self._api_key and len(self._api_key) >= 4:
             text = text.replace(self._api_key, "***")
         return text
 
-    def _cache_key(
-        self,
-        model: str,
-        messages: list[Message],
-        temperature: float,
-        max_tokens: int,
-        schema: type[BaseModel] | None,
-    ) -> str:
-        params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
-        base = request_key(model, messages, params, response_schema(schema) if schema is not None else None)
-        if temperature <= 0:
+    def _cache_key(self, body: dict[str, Any], *, sampled: bool) -> str:
+        base = request_key(body, self.config.extra_headers)
+        if not sampled:
             return base
         # Sampling: the k-th identical request in this process is a different draw (a stage
         # asking twice wants two answers), and a resumed run replays them to the same keys.
         k = self._occurrences.get(base, 0)
         self._occurrences[base] = k + 1
-        return base if k == 0 else request_key(model, messages, {**params, "draw": k}, None)
+        return base if k == 0 else request_key(body, self.config.extra_headers, draw=k)
 
     async def _cache_get(self, key: str) -> CachedReply | None:
         assert self.cache is not None

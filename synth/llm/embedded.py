@@ -278,7 +278,7 @@ class EmbeddedEndpoint:
         *,
         port: int = DEFAULT_PORT,
         continuous_batching: bool = True,
-        temperature: float = 0.8,
+        temperature: float | None = 0.8,
         startup_timeout_s: float = 300.0,
         warmup: bool = True,
         log_path: Path | None = None,
@@ -411,8 +411,9 @@ class EmbeddedEndpoint:
             "model": self.model_id,
             "messages": [{"role": "user", "content": "Hi"}],
             "max_tokens": 1,
-            "temperature": self.temperature,
         }
+        if self.temperature is not None:  # null in the spec: the server's default
+            body["temperature"] = self.temperature
         req = urllib.request.Request(
             self.base_url + "/chat/completions",
             data=json.dumps(body).encode(),
@@ -467,7 +468,7 @@ def ensure_endpoint(
     *,
     port: int = DEFAULT_PORT,
     continuous_batching: bool = True,
-    temperature: float = 0.8,
+    temperature: float | None = 0.8,
     startup_timeout_s: float = 300.0,
     kv_cache_blocks: int = DEFAULT_KV_CACHE_BLOCKS,
     threads: int | None = None,

@@ -157,3 +157,58 @@ def test_a_responder_defined_in_a_test_module_works_in_process_mode() -> None:
             server.base_url + "/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}
         )
     assert json.loads(raw)["choices"][0]["message"]["content"] == "HI"
+
+
+# --------------------------------------------------------------------------------------
+# Playing a misconfigured or failing provider
+# --------------------------------------------------------------------------------------
+
+
+def test_a_bad_key_gets_401_on_every_route_and_the_right_key_gets_answers() -> None:
+    with FakeOpenAIServer(FakeServerConfig(api_key="sk-right"), mode="thread") as server:
+        url = server.base_url + "/chat/completions"
+        bad = urllib.request.Request(server.base_url + "/models", headers={"Authorization": "Bearer sk-no"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(bad, timeout=10)
+        assert info.value.code == 401
+        assert post(url, body_for(Action))[0] == 401
+        good = urllib.request.Request(
+            url, data=json.dumps(body_for(Action)).encode(),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer sk-right"},
+        )  # fmt: skip
+        with urllib.request.urlopen(good, timeout=10) as resp:
+            assert resp.status == 200
+        assert server.stats().refused == {"401": 2}
+
+
+def test_a_rejected_parameter_gets_openais_400_naming_it() -> None:
+    with FakeOpenAIServer(FakeServerConfig(reject_params=["max_tokens"]), mode="thread") as server:
+        url = server.base_url + "/chat/completions"
+        status, _, raw = post(url, {**body_for(Action), "max_tokens": 5})
+        assert status == 400
+        assert json.loads(raw)["error"]["message"] == (
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+        )
+        assert post(url, {**body_for(Action), "max_completion_tokens": 5})[0] == 200
+
+
+def test_a_server_told_to_die_exits_at_that_request_and_its_log_keeps_what_it_answered(tmp_path: Any) -> None:
+    log = tmp_path / "answered.jsonl"
+    server = FakeOpenAIServer(FakeServerConfig(die_after_requests=2, request_log=str(log))).start()
+    try:
+        url = server.base_url + "/chat/completions"
+        assert post(url, body_for(Action, "a"))[0] == 200
+        assert post(url, body_for(Action, "b"))[0] == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            post(url, body_for(Action, "c"))
+        assert server._proc is not None and server._proc.wait(timeout=10) == 3
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # nobody listens any more
+            post(url, body_for(Action, "d"))
+    finally:
+        server.stop()
+    assert [json.loads(line)["status"] for line in log.read_text().splitlines()] == [200, 200]
+
+
+def test_dying_is_refused_in_thread_mode_where_it_would_end_the_tests_process() -> None:
+    with pytest.raises(ValueError, match="needs mode='process'"):
+        FakeOpenAIServer(FakeServerConfig(die_after_requests=1), mode="thread")

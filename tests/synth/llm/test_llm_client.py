@@ -14,7 +14,9 @@ from pydantic import BaseModel, Field
 
 from synth.llm.base import (
     LLM,
+    EndpointFailure,
     LLMConnectionError,
+    LLMError,
     LLMHTTPError,
     LLMInvalidOutput,
     LLMTimeout,
@@ -258,14 +260,29 @@ def test_non_retryable_status_fails_at_once() -> None:
         assert s.stats().requests == 0
 
 
-def test_unreachable_endpoint_is_a_connection_error() -> None:
+def test_an_endpoint_refusing_every_connection_stops_the_run_instead_of_filling_the_ledger() -> None:
     async def main() -> None:
         config = LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", max_retries=1, backoff_base_s=0.01)
         async with LLMClient(config) as llm:
-            with pytest.raises(LLMConnectionError):
+            with pytest.raises(EndpointFailure) as info:
                 await llm.complete(msgs("q"))
+        # Not an LLMError: a stage cannot turn it into a failed-ledger row by accident.
+        assert not isinstance(info.value, LLMError)
+        assert str(info.value) == (
+            "llm: http://127.0.0.1:9/v1 unreachable: connection refused (gave up after 2 attempts)"
+        )
 
     run(main())
+
+
+def test_a_connection_dropped_by_the_server_stays_a_row_level_connection_error() -> None:
+    async def main(s: FakeOpenAIServer) -> None:
+        async with LLMClient(cfg(s, model="m", max_retries=1)) as llm:
+            with pytest.raises(LLMConnectionError):
+                await llm.complete(msgs("[[fault:drop]]"))
+
+    with FakeOpenAIServer(mode="thread") as s:
+        run(main(s))
 
 
 def test_the_timeout_fires_even_when_the_server_never_answers() -> None:
