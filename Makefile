@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 lint: $(STAMP)
-	$(BIN)/ruff check synth pipelines api pretrain tests bench
+	$(BIN)/ruff check synth pipelines api pretrain tests bench agentcpt testing
 
 serve: $(STAMP)
 	$(BIN)/agentcpt serve --host 127.0.0.1 --port 8000
@@ -39,7 +39,10 @@ NPROC_PER_NODE ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
 cpt: $(STAMP)
-	$(BIN)/torchrun --nnodes=$(NNODES) --node-rank=$(NODE_RANK) --nproc-per-node=$(NPROC_PER_NODE) \
+	@# The GPU install path: Transformer Engine (the `gpu` extra) built against this torch.
+	@$(BIN)/python -c "import transformer_engine.pytorch" 2>/dev/null || $(BIN)/pip install --no-build-isolation -e '.[gpu]'
+	@# One hardware queue per GPU orders megatron-core's TP/SP communication behind compute.
+	CUDA_DEVICE_MAX_CONNECTIONS=1 $(BIN)/torchrun --nnodes=$(NNODES) --node-rank=$(NODE_RANK) --nproc-per-node=$(NPROC_PER_NODE) \
 	  --master-addr=$(MASTER_ADDR) --master-port=$(MASTER_PORT) -m pretrain.train $(CPT_CONFIG)
 
 cpt-smoke: $(STAMP)

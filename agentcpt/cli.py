@@ -41,6 +41,10 @@ def command_function(command: str) -> Callable[..., int | None]:
             from synth.verify import verify_command as func
         case "catalog":
             from synth.catalog import catalog_command as func
+        case "quality":
+            from synth.quality.report import quality_command as func
+        case "export":
+            from synth.export import export_command as func
         case "llm serve":
             from synth.llm.embedded import serve_command as func
         case "llm bench":
@@ -132,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
     ca.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
     ca.set_defaults(target="catalog")
+
+    ex = sub.add_parser(
+        "export", help="rollouts and decisions as SFT chat data (messages, sharegpt), or shards + card for the Hub (hf)"
+    )
+    ex.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
+    ex.add_argument("--to", required=True, help="output folder (created; files of the same names are replaced)")
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=["messages", "sharegpt", "hf"],
+        help="messages: OpenAI chat messages with tool_calls (JSONL); sharegpt: ShareGPT turns (JSONL); "
+        "hf: the Parquet shards and the dataset card",
+    )
+    ex.add_argument("--push", metavar="REPO", help="upload the folder to this Hub dataset repo (needs HF_TOKEN)")
+    ex.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
+    ex.set_defaults(target="export")
+
+    qu = sub.add_parser("quality", help="corpus quality figures (HAS probe, fills, outcomes, CPT mix); writes runs/ID/quality.json")
+    qu.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
+    qu.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
+    qu.set_defaults(target="quality")
 
     llm = sub.add_parser("llm", help="the embedded LLM endpoint and the client benchmark")
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, Float, Integer, String, Text, create_engine, event
+from sqlalchemy import DateTime, Engine, Float, Integer, String, Text, create_engine, event, inspect, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -67,6 +67,34 @@ class RunRow(Base):
     # Set by a cancel request, cleared by resume. The driver clears the CANCEL marker when
     # it starts, so a cancel sent while the run is still queued is re-issued on reconcile.
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # "api": submitted over HTTP, launched by the API. "cli": found under an output dir
+    # (agentcpt run, make synth); the API only reads and cancels it, its driver is not ours.
+    source: Mapped[str] = mapped_column(String(8), default="api", server_default="api")
+
+
+class SessionRow(Base):
+    """A logged-in dashboard browser. Only a hash of the cookie value is stored."""
+
+    __tablename__ = "sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Which API token the login proved: a session dies when the operator rotates the token.
+    token_fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# Columns added after the first release, as (table, column, DDL type and default): a job
+# store created by an older version gets them on start (create_all only adds tables).
+_ADDED_COLUMNS = (("runs", "source", "VARCHAR(8) NOT NULL DEFAULT 'api'"),)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    inspector = inspect(engine)
+    for table, column, ddl in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
 
 def default_database_url(data_dir: Path) -> str:
@@ -99,4 +127,5 @@ def make_engine(url: str) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker:
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)

@@ -14,23 +14,25 @@ from jinja2 import Environment
 
 from api.errors import ApiError, unauthorized
 from api.metrics import ApiMetrics
+from api.ratelimit import FailedAuthLimiter
 from api.security import TokenAuth
 from api.services.runs import RunService
+from api.sessions import SESSION_COOKIE, SessionStore
+from api.settings import ApiSettings
 from synth.layout import RUN_ID_RE
-from synth.settings import Settings
 from synth.stages import stage_names
-
-MAX_SPEC_BYTES = 1 << 20
 
 
 @dataclass
 class AppContext:
-    settings: Settings
+    settings: ApiSettings
     data_dir: Path
     auth: TokenAuth
     runs: RunService
     metrics: ApiMetrics
     templates: Environment
+    sessions: SessionStore
+    limiter: FailedAuthLimiter
     css: str = ""
 
 
@@ -54,11 +56,56 @@ async def get_runs(request: Request) -> RunService:
 bearer_scheme = HTTPBearer(auto_error=False, description="AGENTCPT_API_TOKEN", scheme_name="bearer")
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def too_many_attempts(retry_after_s: int) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_requests",
+        f"too many failed authentication attempts from this address; retry in {retry_after_s} s",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def check_auth_attempt(request: Request, ctx: AppContext, credential: str | None) -> None:
+    """429 when this client is locked out and presents a credential (``api.ratelimit``)."""
+    if ctx.auth.enabled and credential:
+        retry = ctx.limiter.retry_after_s(client_address(request))
+        if retry is not None:
+            raise too_many_attempts(retry)
+
+
+def bearer_ok(request: Request) -> bool:
+    """Whether the request's bearer token is right; a wrong one counts against its address."""
+    ctx = get_ctx(request)
+    header = request.headers.get("authorization")
+    check_auth_attempt(request, ctx, header)
+    if ctx.auth.check_bearer(header):
+        return True
+    if ctx.auth.presents_credential(header):
+        ctx.limiter.failed(client_address(request))
+    return False
+
+
+def browser_ok(request: Request) -> bool:
+    """Bearer header, or a live dashboard session (the dashboard's pages, the docs)."""
+    ctx = get_ctx(request)
+    return bearer_ok(request) or ctx.sessions.check(request.cookies.get(SESSION_COOKIE))
+
+
+def authorize_browser(request: Request) -> None:
+    if not browser_ok(request):
+        raise unauthorized()
+
+
 async def require_token(
     request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 ) -> None:
-    """401 unless the request carries the right bearer token (constant-time comparison)."""
-    if not get_ctx(request).auth.check_bearer(request.headers.get("authorization")):
+    """401 unless the request carries the right bearer token (constant-time comparison); 429
+    for an address with too many recent failures."""
+    if not bearer_ok(request):
         raise unauthorized()
 
 
@@ -87,9 +134,7 @@ async def reject_unknown_query(request: Request) -> None:
 
 async def read_spec_body(request: Request) -> Any:
     """The request body as JSON (any content type), bounded in size; 413/422 otherwise."""
-    body = await request.body()
-    if len(body) > MAX_SPEC_BYTES:
-        raise ApiError(413, "payload_too_large", f"a run spec is at most {MAX_SPEC_BYTES} bytes")
+    body = await request.body()  # bounded by BodyLimitMiddleware (settings.max_body_bytes)
     if not body.strip():
         raise ApiError(422, "invalid_spec", "the request body must be a run spec (JSON object)")
     try:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import ErrorBody, ErrorDetail
-from synth.spec import SpecError
+from synth.errors import IntegrityError, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,13 @@ async def _spec_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_spec", exc.message, exc.field or None)
 
 
+async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
+    # Stored data failed its own check (a shard whose bytes no longer match the manifest's
+    # sha256): the run's state conflicts with reading it. The message names the file.
+    log.error("%s", exc)
+    return error_response(409, "corrupt_shard", str(exc))
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -123,6 +130,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

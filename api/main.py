@@ -22,11 +22,15 @@ from api.db import default_database_url, make_engine, make_session_factory
 from api.deps import AppContext
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
+from api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from api.ratelimit import FailedAuthLimiter
 from api.routes import dashboard, docs, ops, runs
 from api.security import InsecureConfigError, TokenAuth, checked_token, is_loopback
 from api.services.launchers import LauncherRegistry, RunLauncher
 from api.services.runs import RunService
-from synth.settings import Settings, get_settings
+from api.sessions import SessionStore
+from api.settings import ApiSettings, get_api_settings
+from synth.settings import Settings
 from synth.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -44,18 +48,22 @@ parameter (`stages.planning.judge`, `limit`).
 
 
 def create_app(
-    settings: Settings | None = None,
+    settings: ApiSettings | Settings | None = None,
     *,
     insecure_localhost: bool = False,
     launchers: Callable[[str, str | None], RunLauncher] | None = None,
 ) -> FastAPI:
-    """Build the app for ``settings`` (default: ``get_settings()``).
+    """Build the app for ``settings`` (default: ``get_api_settings()``; plain ``Settings`` are
+    completed with the API's own settings from the environment).
 
     Raises ``InsecureConfigError`` when there is no token and ``insecure_localhost`` is
     False, or when the token is a placeholder. ``launchers(backend, ray_address)`` may be
     given to replace how drivers start (tests of the HTTP surface that must not start runs).
     """
-    settings = settings or get_settings()
+    if settings is None:
+        settings = get_api_settings()
+    elif not isinstance(settings, ApiSettings):
+        settings = ApiSettings(**settings.model_dump(exclude_unset=True))
     token = checked_token(settings.api_token)
     if token is None and not insecure_localhost:
         raise InsecureConfigError(
@@ -65,8 +73,16 @@ def create_app(
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url or default_database_url(data_dir))
     registry = launchers or LauncherRegistry()
-    run_service = RunService(make_session_factory(engine), data_dir, registry)
-    metrics = ApiMetrics(run_service)
+    db_sessions = make_session_factory(engine)
+    run_service = RunService(
+        db_sessions,
+        data_dir,
+        registry,
+        endpoints=settings.llm_endpoints,
+        ray_address=settings.ray_address,  # AGENTCPT_RAY_ADDRESS; a submitted spec never chooses one
+    )
+    metrics = ApiMetrics(run_service, retention_s=settings.metrics_retention_s)
+    auth = TokenAuth(token)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -93,15 +109,22 @@ def create_app(
     app.state.ctx = AppContext(
         settings=settings,
         data_dir=data_dir,
-        auth=TokenAuth(token),
+        auth=auth,
         runs=run_service,
         metrics=metrics,
+        sessions=SessionStore(db_sessions, settings.session_ttl_s, auth.fingerprint()),
+        limiter=FailedAuthLimiter(settings.auth_failures_per_window, settings.auth_failure_window_s),
         templates=Environment(
             loader=FileSystemLoader(PACKAGE_DIR / "templates"), autoescape=select_autoescape(default=True)
         ),
         css=(PACKAGE_DIR / "static" / "dashboard.css").read_text(encoding="utf-8"),
     )
     install_error_handlers(app)
+    # Added last = outermost: the metrics see every response, the security headers go on
+    # every response (the body limit's 413s too), and the body limit answers before anything
+    # inside buffers a body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(ops.router)
     app.include_router(runs.router)
@@ -142,17 +165,23 @@ def serve_command(host: str = "127.0.0.1", port: int = 8000, insecure_localhost:
     ``host`` is a loopback address.
     """
     import uvicorn
+    from pydantic import ValidationError
 
-    from synth.cli import UsageError
+    from synth.errors import UsageError
 
     if insecure_localhost and not is_loopback(host):
         raise UsageError(
             f"--insecure-localhost serves without auth, so only on a loopback address (not {host})"
         )
     try:
-        app = create_app(get_settings(), insecure_localhost=insecure_localhost)
+        app = create_app(get_api_settings(), insecure_localhost=insecure_localhost)
     except InsecureConfigError as err:
         raise UsageError(str(err)) from None
+    except ValidationError as err:  # a malformed AGENTCPT_* setting (endpoint list, Ray address)
+        first = err.errors()[0]
+        loc = first.get("loc", ())
+        where = f"AGENTCPT_{str(loc[0]).upper()}" if loc else "settings"
+        raise UsageError(f"{where}: {first.get('msg')}") from None
     if not app.state.ctx.auth.enabled:
         log.warning("serving WITHOUT authentication on %s:%d (--insecure-localhost)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -29,7 +29,8 @@ Backend = Literal["local", "ray"]
 RUN_SPEC_EXAMPLE: dict[str, Any] = {
     "name": "quickstart",
     "inputs": {"web": ["inputs/pages/*.html"], "trajectories": []},
-    "llm": {"base_url": "http://127.0.0.1:8010/v1", "model": "SmolLM2-135M-Instruct", "max_concurrency": 16},
+    # An endpoint of AGENTCPT_LLM_ENDPOINTS, by name or URL ("embedded" is allowed by default).
+    "llm": {"base_url": "embedded", "max_concurrency": 8},
     "stages": {
         "documents": {"min_chars": 200},
         "memory": {},
@@ -111,6 +112,7 @@ class RunPublic(_Public):
                     "name": "quickstart",
                     "state": "running",
                     "backend": "local",
+                    "source": "api",
                     "created_at": "2025-01-01T12:00:00Z",
                     "started_at": "2025-01-01T12:00:02Z",
                     "finished_at": None,
@@ -140,6 +142,11 @@ class RunPublic(_Public):
     name: str = Field(description="the spec's name")
     state: RunState = Field(description="queued | running | succeeded | failed | cancelled")
     backend: Backend = Field(description="where the driver runs: a local detached process, or a Ray job")
+    source: Literal["api", "cli"] = Field(
+        "api",
+        description="api: submitted here; cli: started with `agentcpt run` / `make synth` and found under an "
+        "output dir (read and cancel only)",
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

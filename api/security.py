@@ -3,9 +3,13 @@
 * Every path but ``/healthz`` needs ``Authorization: Bearer $AGENTCPT_API_TOKEN``, compared
   with ``hmac.compare_digest`` (constant time).
 * The dashboard's pages are opened by a browser, which cannot add a header to a
-  navigation; it posts the token once in a form and gets an HttpOnly, SameSite=Strict
-  cookie holding an HMAC of the token (never the token itself). The cookie is accepted by
-  the dashboard's GET pages only, so the JSON API cannot be driven by cross-site requests.
+  navigation; it posts the token once in a form and gets a session: a random value per
+  login, stored only as a hash, that expires and ends at logout (``api.sessions``), in an
+  HttpOnly, SameSite=Strict cookie (Secure behind https). The cookie opens the dashboard,
+  the docs and its own forms (with a CSRF token, ``api.csrf``), never the JSON API, so the
+  API cannot be driven by cross-site requests.
+* Failed attempts (a wrong bearer token, a wrong token in the form) are counted per client
+  address; past the limit every attempt from that address is 429 (``api.ratelimit``).
 * Without a token the service runs only with ``--insecure-localhost`` on a loopback
   address; placeholder and short tokens are refused.
 """
@@ -95,12 +99,11 @@ class TokenAuth:
             return True
         return hmac.compare_digest(value.strip().encode(), self.token.encode())
 
-    def session_value(self) -> str:
-        """The cookie value for a logged-in browser: an HMAC of the token, not the token."""
-        key = (self.token or "").encode()
-        return hmac.new(key, b"agentcpt-dashboard-session-v1", hashlib.sha256).hexdigest()
+    def presents_credential(self, authorization: str | None) -> bool:
+        """Whether a request tried a bearer token at all (only tries count as failed attempts)."""
+        return bool(authorization and authorization.strip())
 
-    def check_session(self, cookie: str | None) -> bool:
-        if self.token is None:
-            return True
-        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session_value().encode())
+    def fingerprint(self) -> str:
+        """Identifies the token without revealing it: sessions proved with another token are void."""
+        key = (self.token or "").encode()
+        return hmac.new(key, b"agentcpt-session-token-v2", hashlib.sha256).hexdigest()

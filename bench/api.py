@@ -83,7 +83,9 @@ def main() -> None:
             "execution": {"unit_size": 1},
         }
         run_id = None
-        with ApiServer(data_dir, TOKEN) as server:
+        # REST specs may use only the endpoints the operator lists (AGENTCPT_LLM_ENDPOINTS).
+        env = {"AGENTCPT_LLM_ENDPOINTS": json.dumps([{"base_url": llm.base_url}])}
+        with ApiServer(data_dir, TOKEN, env=env) as server:
             try:
                 with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=60) as client:
                     resp = client.post("/v1/runs", json=spec)

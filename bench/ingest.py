@@ -72,9 +72,9 @@ def _spec_dict(pages_glob: str) -> dict[str, Any]:
 
 
 def _context(spec_dict: dict[str, Any], base_dir: Path):  # noqa: ANN202 - StageContext, imported lazily
-    from testing.scripted_llm import ScriptedLLM
     from synth.spec import parse_spec
     from synth.stage import StageContext
+    from testing.scripted_llm import ScriptedLLM
 
     llm = ScriptedLLM(lambda messages, schema: "")  # the documents stage makes no LLM calls
     return StageContext(
@@ -101,8 +101,8 @@ def _warm_worker(sample: str) -> None:
     workers; on an idle machine it makes no difference.
     """
     os.setsid()
-    from synth.stages.documents import DocumentsConfig, ingest_item
     from synth.ingest.sources import SourceItem
+    from synth.stages.documents import DocumentsConfig, ingest_item
 
     ingest_item(SourceItem(path=sample, ref="warmup", format="html"), DocumentsConfig(), "bench")
     # Like a pipeline worker: one event loop and one stage context for the worker's lifetime.
@@ -148,8 +148,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from synth.stages.documents import STAGE
     from synth.ingest.extract import detect_language
+    from synth.stages.documents import STAGE
 
     with tempfile.TemporaryDirectory(prefix="agentcpt-bench-ingest-") as tmp:
         base = Path(tmp)

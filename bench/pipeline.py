@@ -17,7 +17,8 @@ i.e. achieved end-to-end questions/s divided by the questions/s the endpoint lim
 at the measured calls per question (the server counts the requests). Wall time runs from
 the session's start (worker actors starting, the driver, the cluster limiter, LLM reply
 validation, Parquet shard writes, manifest commits, the request cache) to its end; the Ray
-cluster itself is started before the clock starts. Goal: ≥ 0.8.
+cluster itself is started before the clock starts. Goal: ≥ 0.9, with the pipeline's own CPU
+(every process but the fake endpoint's) ≤ 1.5 ms per request (issue 19).
 
 A second phase runs the same on a two-node Ray cluster on this machine (one limiter actor
 shared by both nodes' workers) and checks the fake server's peak of requests in flight
@@ -50,10 +51,10 @@ import psutil  # noqa: E402
 
 from pipelines.progress import LogDisplay  # noqa: E402
 from pipelines.runner import run_session  # noqa: E402
-from testing.toy_stages import planning_responder, seed_questions  # noqa: E402
-from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig  # noqa: E402
 from synth.shards import ShardStore  # noqa: E402
 from synth.spec import parse_spec  # noqa: E402
+from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig  # noqa: E402
+from testing.toy_stages import planning_responder, seed_questions  # noqa: E402
 
 assert planning_responder  # the server imports it by name: testing.toy_stages:planning_responder
 
@@ -63,19 +64,35 @@ class CpuMeter:
 
     Sampled every 0.2 s, keeping each process's last reading, so processes that exit
     during the run (worker actors end with the session) count up to their last sample.
+    Processes in ``exclude`` (and their descendants) are counted apart, as ``excluded_cpu_s``:
+    the fake endpoint is not the pipeline.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: set[int] | None = None) -> None:
+        self._exclude = exclude or set()
+        self._excluded: set[tuple[int, float]] = set()
         self._seen: dict[tuple[int, float], float] = {}
+        self._kinds: dict[tuple[int, float], str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
         me = psutil.Process()
+        excluded = set(self._exclude)
+        for pid in self._exclude:
+            with contextlib.suppress(psutil.Error):
+                excluded.update(c.pid for c in psutil.Process(pid).children(recursive=True))
         for proc in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                self._seen[(proc.pid, proc.create_time())] = times.user + times.system
+                key = (proc.pid, proc.create_time())
+                self._seen[key] = times.user + times.system
+                # Re-read each time: a pooled worker process becomes an actor after it starts.
+                kind = _process_kind(proc, me.pid)
+                if kind != "other" or key not in self._kinds:  # an exiting process reads as "other"
+                    self._kinds[key] = kind
+                if proc.pid in excluded:
+                    self._excluded.add(key)
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
@@ -94,7 +111,37 @@ class CpuMeter:
 
     @property
     def cpu_s(self) -> float:
-        return sum(v - self._start.get(k, 0.0) for k, v in self._seen.items())
+        """CPU seconds of every process but the excluded ones."""
+        return sum(v - self._start.get(k, 0.0) for k, v in self._seen.items() if k not in self._excluded)
+
+    def by_kind(self) -> dict[str, float]:
+        """CPU seconds per kind of process (driver, worker actors, limiter, Ray daemons), endpoint excluded."""
+        out: dict[str, float] = {}
+        for k, v in self._seen.items():
+            if k not in self._excluded:
+                kind = self._kinds.get(k, "other")
+                out[kind] = out.get(kind, 0.0) + v - self._start.get(k, 0.0)
+        return {kind: round(cpu, 2) for kind, cpu in sorted(out.items())}
+
+    @property
+    def excluded_cpu_s(self) -> float:
+        return sum(v - self._start.get(k, 0.0) for k, v in self._seen.items() if k in self._excluded)
+
+
+def _process_kind(proc: psutil.Process, driver_pid: int) -> str:
+    if proc.pid == driver_pid:
+        return "driver"
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "other"
+    if cmd.startswith("ray::"):
+        name = cmd.split()[0][5:].split(".")[0]
+        return {"UnitWorker": "worker actors", "ClusterLimiter": "limiter actor"}.get(name, f"ray::{name}")
+    for daemon in ("raylet", "gcs_server", "log_monitor", "dashboard", "monitor"):
+        if daemon in cmd:
+            return f"ray {daemon}"
+    return "other"
 
 
 def measure(questions: int, latency_s: float, concurrency: int, unit_size: int, label: str) -> dict[str, Any]:
@@ -108,7 +155,12 @@ def measure(questions: int, latency_s: float, concurrency: int, unit_size: int, 
         spec = parse_spec(
             {
                 "name": "bench",
-                "llm": {"base_url": server.base_url, "max_concurrency": concurrency, "temperature": 0.0},
+                "llm": {
+                    "base_url": server.base_url,
+                    "model": "fake-model",
+                    "max_concurrency": concurrency,
+                    "temperature": 0.0,
+                },
                 "stages": {"planning": {}},
                 "execution": {"unit_size": unit_size},
                 "output_dir": "runs",
@@ -116,7 +168,7 @@ def measure(questions: int, latency_s: float, concurrency: int, unit_size: int, 
         )
         server.reset()
         log = io.StringIO()
-        with CpuMeter() as cpu:
+        with CpuMeter(exclude={server._proc.pid}) as cpu:
             t0 = time.perf_counter()
             result = run_session(
                 spec, run_id=run_id, base_dir=base, display=LogDisplay(log), out=log, print_summary=False
@@ -144,7 +196,10 @@ def measure(questions: int, latency_s: float, concurrency: int, unit_size: int, 
         "limit_requests_per_s": limit_rps,
         "limit_questions_per_s": round(question_limit, 1),
         "ratio": round((questions / wall_s) / question_limit, 3),
-        "cpu_ms_per_request": round(1000 * cpu.cpu_s / stats.requests, 2),
+        # The pipeline's own CPU (driver, Ray, workers, limiter), the fake endpoint excluded.
+        "pipeline_cpu_ms_per_request": round(1000 * cpu.cpu_s / stats.requests, 3),
+        "endpoint_cpu_ms_per_request": round(1000 * cpu.excluded_cpu_s / stats.requests, 3),
+        "pipeline_cpu_s_by_process": cpu.by_kind(),
         "server_peak_in_flight": stats.peak_in_flight,
         "ceiling": concurrency,
         "nodes_in_manifest": len(workers),
@@ -207,20 +262,26 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio {r['ratio']:.3f}; server peak in flight {r['server_peak_in_flight']}/{r['ceiling']}; "
             f"nodes {r['nodes_in_manifest']}"
         )
-        # What the whole pipeline (driver, Ray, workers, limiter, fake server) spends per
+        # What the pipeline (driver, Ray, workers, limiter; not the fake endpoint) spends per
         # request bounds what 2 uncontended cores could sustain.
-        cores_needed = r["cpu_ms_per_request"] * r["limit_requests_per_s"] / 1000
+        cores_needed = r["pipeline_cpu_ms_per_request"] * r["limit_requests_per_s"] / 1000
         print(
-            f"{'':>11}CPU {r['cpu_ms_per_request']} ms/request across all processes -> the limit needs "
+            f"{'':>11}pipeline CPU {r['pipeline_cpu_ms_per_request']} ms/request (goal <= 1.5; the fake "
+            f"endpoint's {r['endpoint_cpu_ms_per_request']} ms excluded) -> the limit needs "
             f"{cores_needed:.2f} of {os.cpu_count()} cores"
         )
     load = os.getloadavg()
     print(
         f"machine load average (1/5/15 min) at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs"
     )
-    ok = results[0]["ratio"] >= 0.8 and all(r["server_peak_in_flight"] <= r["ceiling"] for r in results)
+    ok = (
+        results[0]["ratio"] >= 0.9
+        and results[0]["pipeline_cpu_ms_per_request"] <= 1.5
+        and all(r["server_peak_in_flight"] <= r["ceiling"] for r in results)
+    )
     print(
-        f"goal (ratio >= 0.8 on one node, peak in flight <= ceiling everywhere): {'met' if ok else 'NOT met'}"
+        "goal (one node: ratio >= 0.9 and pipeline CPU <= 1.5 ms/request; peak in flight <= ceiling "
+        f"everywhere): {'met' if ok else 'NOT met'}"
     )
     return 0
 

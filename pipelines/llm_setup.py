@@ -35,6 +35,8 @@ from synth.llm.preflight import EndpointCheck, check_endpoint, distinct_endpoint
 from synth.spec import RunSpec
 
 EMBEDDED = "embedded"
+# Uses of a permit in a worker before it goes back to the limiter (concurrency-only endpoints).
+PERMIT_REUSE = 3
 
 
 def endpoint_configs(spec: RunSpec) -> list[LLMConfig]:
@@ -195,9 +197,18 @@ def open_worker_llms(
     sources: dict[str, Any] = {}
     for url, name in limiters.items():
         actor = lookup_limiter(name)
-        sources[url] = cluster_permit_source(actor, f"{client_id}:{url}")
+        # A permit may pass from one request to the next in this worker only where no
+        # request or token bucket applies (pipelines.limiter.ClusterPermitSource).
+        rated = any(
+            c.requests_per_minute is not None or c.tokens_per_minute is not None
+            for c in endpoint_configs(spec)
+            if c.base_url == url
+        )
+        sources[url] = cluster_permit_source(actor, f"{client_id}:{url}", reuse=0 if rated else PERMIT_REUSE)
         out.permit_sources.append(sources[url])
-        out.heartbeats.append(Heartbeat(actor, f"{client_id}:{url}").start())
+        source = sources[url]
+        hb = Heartbeat(actor, f"{client_id}:{url}", last_contact=lambda s=source: s.last_contact)
+        out.heartbeats.append(hb.start())
 
     def client(cfg: LLMConfig, name: str) -> Any:
         c = LLMClient(cfg, name=name, limiter=sources.get(cfg.base_url), cache=cache, usage=usage)

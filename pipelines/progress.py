@@ -9,6 +9,9 @@ directory. How they are shown is a ``ProgressDisplay``: rich progress bars on a 
 Counts start from the manifest, so a resumed run shows what earlier sessions committed.
 LLM usage is summed from the workers' cumulative snapshots (one per worker process), on
 top of what earlier sessions recorded in ``progress.json``.
+
+The board also appends the cumulative counters to ``progress.jsonl`` every couple of
+seconds (``pipelines.series``): the dashboard's charts over time are drawn from it.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import time
 from collections.abc import Callable
 from typing import IO, Protocol
 
+from pipelines.series import ProgressSeries
 from pipelines.units import UnitResult, is_data_unit
-from synth.llm.accounting import UsageSnapshot, UsageTracker
+from synth.layout import RunLayout
+from synth.llm.accounting import StageUsage, UsageSnapshot, UsageTracker
 from synth.records import utc_now
 from synth.runstate import LLMUsage, RunDir, RunProgress, StageProgress
 from synth.shards import ShardStore
 
 
 def add_usage(a: LLMUsage, b: LLMUsage) -> LLMUsage:
-    """Sum two usage records. Latency percentiles cannot be summed: the larger of each is kept,
-    which is exact for p99 of the slower source and an upper bound otherwise."""
+    """Sum two usage records. Latency histograms add up exactly, and the percentiles are read
+    from the sum; only for records without a histogram (older progress files) is the larger
+    of each percentile kept, an upper bound."""
 
     def larger(x: float | None, y: float | None) -> float | None:
         known = [v for v in (x, y) if v is not None]
@@ -36,6 +42,12 @@ def add_usage(a: LLMUsage, b: LLMUsage) -> LLMUsage:
     failures = dict(a.failures)
     for kind, n in b.failures.items():
         failures[kind] = failures.get(kind, 0) + n
+    merged = StageUsage(latency_histogram=dict(a.latency_histogram))
+    merged.add(StageUsage(latency_histogram=b.latency_histogram))
+    # Exact when every side that measured latency also kept its histogram.
+    exact = not any(
+        not u.latency_histogram and (u.latency_p50_ms is not None or u.latency_p99_ms is not None) for u in (a, b)
+    )
     cost = None if a.cost_usd is None and b.cost_usd is None else (a.cost_usd or 0.0) + (b.cost_usd or 0.0)
     return LLMUsage(
         requests=a.requests + b.requests,
@@ -44,8 +56,10 @@ def add_usage(a: LLMUsage, b: LLMUsage) -> LLMUsage:
         failures=failures,
         prompt_tokens=a.prompt_tokens + b.prompt_tokens,
         completion_tokens=a.completion_tokens + b.completion_tokens,
-        latency_p50_ms=larger(a.latency_p50_ms, b.latency_p50_ms),
-        latency_p99_ms=larger(a.latency_p99_ms, b.latency_p99_ms),
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+        latency_p50_ms=merged.latency_quantile_ms(0.50) if exact else larger(a.latency_p50_ms, b.latency_p50_ms),
+        latency_p99_ms=merged.latency_quantile_ms(0.99) if exact else larger(a.latency_p99_ms, b.latency_p99_ms),
+        latency_histogram=merged.latency_histogram,
         cost_usd=cost,
     )
 
@@ -189,6 +203,7 @@ class ProgressBoard:
         display: ProgressDisplay,
         *,
         write_interval_s: float = 0.5,
+        series_interval_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run_dir = run_dir
@@ -196,6 +211,7 @@ class ProgressBoard:
         self._interval_s = write_interval_s
         self._clock = clock
         self._last_write = float("-inf")
+        self._series = ProgressSeries(RunLayout(run_dir.path).progress_series, series_interval_s, clock)
         previous = run_dir.read_progress()
         store = ShardStore(run_dir.path)
         self.progress = RunProgress()
@@ -282,6 +298,7 @@ class ProgressBoard:
             return
         self._last_write = now
         self._run_dir.write_progress(self.progress)
+        self._series.sample(self.progress, total_usage(self.progress), force=force)
         self._display.refresh(self.progress)
 
     def close(self) -> None:
@@ -296,3 +313,31 @@ class ProgressBoard:
             return None
         rate = done_here / max(1e-6, self._clock() - start)
         return max(0, p.units_total - p.units_done) / rate
+
+
+
+def print_stage_times(progress: RunProgress, out: IO[str], *, session_wall_s: float | None = None) -> None:
+    """Where a run's time went: per stage its start (from the first stage's), wall time,
+    LLM requests and completion tokens, and completion tokens per wall second.
+
+    Stages overlap when units stream from one stage to the next, so the walls need not add
+    up to the total; ``session_wall_s`` (the command's own wall time, Ray and model start-up
+    included) is printed last.
+    """
+    timed = {name: p for name, p in progress.stages.items() if p.started_at is not None}
+    if not timed:
+        return
+    origin = min(p.started_at for p in timed.values() if p.started_at is not None)
+    print(f"{'stage':<10} {'start':>7} {'wall':>8} {'requests':>9} {'completion tok':>15} {'tok/s':>7}", file=out)
+    for name, p in timed.items():
+        assert p.started_at is not None
+        start = (p.started_at - origin).total_seconds()
+        wall = (p.finished_at - p.started_at).total_seconds() if p.finished_at is not None else None
+        rate = f"{p.llm.completion_tokens / wall:.1f}" if wall and p.llm.completion_tokens else ""
+        wall_text = f"{wall:.0f}s" if wall is not None else "unfinished"
+        print(
+            f"{name:<10} {f'+{start:.0f}s':>7} {wall_text:>8} {p.llm.requests:>9} {p.llm.completion_tokens:>15} {rate:>7}",
+            file=out,
+        )
+    if session_wall_s is not None:
+        print(f"wall time of this command: {session_wall_s:.0f}s", file=out, flush=True)

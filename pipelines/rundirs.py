@@ -5,9 +5,11 @@ what produced its committed shards, so a resumed session must produce the same o
 **any difference in a field that can change outputs refuses the resume**, naming the
 field (exit 2). The fields that only say *how* or *where* to run may change:
 
-* ``name``, ``output_dir``; ``execution.ray_address``, ``execution.max_units_in_flight``;
+* ``name``, ``output_dir``, ``card`` (dataset card metadata); ``execution.ray_address``,
+  ``execution.max_units_in_flight``;
 * per endpoint (``llm``, ``judge_llm``): ``base_url``, ``api_key_env``, ``max_concurrency``,
-  ``requests_per_minute``, ``tokens_per_minute``, ``timeout_s``, ``max_retries``, ``price``.
+  ``requests_per_minute``, ``tokens_per_minute``, ``timeout_s``, ``max_retries``, ``price``,
+  ``connect_timeout_s``, ``max_tokens_param``, ``extra_headers``, ``breaker``.
 
 Everything else — inputs, stage configs, which stages are enabled, the model, temperature,
 ``max_tokens``, ``unit_size``, ``seed`` — must match. ``judge_llm: null`` is compared as the
@@ -34,7 +36,7 @@ from synth.spec import RunSpec, SpecError, dump_spec, parse_spec
 from synth.stage import Stage
 
 OPERATIONAL_FIELDS: frozenset[str] = frozenset(
-    {"name", "output_dir", "execution.ray_address", "execution.max_units_in_flight"}
+    {"name", "output_dir", "card", "execution.ray_address", "execution.max_units_in_flight"}
     | {
         f"{block}.{key}"
         for block in ("llm", "judge_llm")
@@ -47,6 +49,12 @@ OPERATIONAL_FIELDS: frozenset[str] = frozenset(
             "timeout_s",
             "max_retries",
             "price",
+            # How to reach the endpoint and speak its dialect, not what it is asked: a run that
+            # failed its preflight (a 400 to max_tokens, a wrong header) resumes once fixed.
+            "connect_timeout_s",
+            "max_tokens_param",
+            "extra_headers",
+            "breaker",
         )
     }
 )

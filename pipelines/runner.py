@@ -10,8 +10,8 @@ A session, top to bottom:
    (``pipelines.fence``), then delete its orphan files; start the LLM endpoints' limiters
    (and the embedded endpoint if the spec asks for it); start the worker pool; run the
    scheduler (``pipelines.scheduler``);
-4. status ``succeeded`` / ``failed`` / ``cancelled``; compact the manifest; print where the
-   shards are and the stats table.
+4. status ``succeeded`` / ``failed`` / ``cancelled``; compact the manifest; write the dataset
+   card (``synth.card``); print where the shards are and the stats table.
 
 Exit codes: 0 the run succeeded, 1 it failed or was cancelled, 2 bad input.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Iterator, Mapping
@@ -32,10 +33,12 @@ from typing import IO
 from pipelines.cluster import WorkerPool, cluster_cpus, ray_session
 from pipelines.fence import fence_previous_sessions
 from pipelines.llm_setup import RunEndpoints
-from pipelines.progress import ProgressBoard, ProgressDisplay, default_display
+from pipelines.progress import ProgressBoard, ProgressDisplay, default_display, print_stage_times
 from pipelines.rundirs import check_prompt_fingerprints, prepare_run_dir
 from pipelines.scheduler import RunOutcome, Scheduler
 from pipelines.worker import WorkerJob
+from synth.card import write_dataset_card
+from synth.errors import IntegrityError
 from synth.inputs import check_inputs
 from synth.layout import RunLayout, new_run_id, validate_run_id
 from synth.llm.base import EndpointFailure
@@ -110,6 +113,7 @@ def run_session(
     input globs to ``inputs_dir`` (``agentcpt run``: the spec file's directory), else ``base_dir``.
     """
     out = out or sys.stdout
+    started_s = time.monotonic()
     base_dir = (base_dir or Path.cwd()).resolve()
     inputs_dir = (inputs_dir or base_dir).resolve()
     check_inputs(spec, inputs_dir)
@@ -195,8 +199,21 @@ def run_session(
             store.cleanup_orphans()  # temp files of attempts Ray retried; nothing is writing now
         store.compact_manifest()
         rd.mark(outcome.state, outcome.error)
-    _report(run_id, run_dir, outcome, out, print_summary)
+    _write_card(run_dir, spec, out)
+    _report(run_id, run_dir, outcome, out, print_summary, wall_s=time.monotonic() - started_s)
     return SessionResult(run_id=run_id, run_dir=run_dir, outcome=outcome)
+
+
+def _write_card(run_dir: Path, spec: RunSpec, out: IO[str]) -> None:
+    """``runs/<id>/README.md`` (the folder loads with ``datasets``); never the run's verdict.
+
+    The card reads every stage's shards; after a failed session one may fail its own check
+    (a torn or tampered file). That is reported, and the run keeps the outcome it had.
+    """
+    try:
+        write_dataset_card(run_dir, spec)
+    except (IntegrityError, OSError) as err:
+        print(f"dataset card not written: {err}", file=out, flush=True)
 
 
 def _stage_done(run_dir: Path, stage: str) -> bool:
@@ -209,7 +226,9 @@ def _stage_done(run_dir: Path, stage: str) -> bool:
     )
 
 
-def _report(run_id: str, run_dir: Path, outcome: RunOutcome, out: IO[str], print_summary: bool) -> None:
+def _report(
+    run_id: str, run_dir: Path, outcome: RunOutcome, out: IO[str], print_summary: bool, wall_s: float | None = None
+) -> None:
     verdict = {"succeeded": "succeeded", "failed": "FAILED", "cancelled": "cancelled"}[outcome.state]
     print(f"run {run_id} {verdict}" + (f": {outcome.error}" if outcome.error else ""), file=out)
     print(f"shards: {run_dir / 'shards'}  (manifest: {run_dir / 'manifest.parquet'})", file=out, flush=True)
@@ -217,6 +236,7 @@ def _report(run_id: str, run_dir: Path, outcome: RunOutcome, out: IO[str], print
         from synth.catalog import print_stats
 
         print_stats(run_dir, file=out)
+        print_stage_times(RunDir(run_dir).read_progress(), out, session_wall_s=wall_s)
     if outcome.state != "succeeded":
         print(f"resume with: agentcpt run <spec> --run-id {run_id}", file=out, flush=True)
 

@@ -103,7 +103,7 @@ class Scheduler:
         pool: WorkerPool,
         board: ProgressBoard,
         max_in_flight: int,
-        poll_s: float = 0.25,
+        poll_s: float = 1.0,  # only the CANCEL check waits on it; results wake the loop (issue 19)
         cancel_grace_s: float = 30.0,
         preview_items: int | None = None,
     ) -> None:

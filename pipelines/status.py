@@ -11,15 +11,15 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.progress import total_usage
 from pipelines.rundirs import driver_alive
-from synth.cli import UsageError
+from synth.errors import UsageError
+from synth.layout import validate_run_id
 from synth.runstate import TERMINAL_STATES, LLMUsage, RunDir, RunProgress, RunStatus
-from synth.spec import validate_run_id
 
 
 class StatusReport(BaseModel):
@@ -102,20 +102,39 @@ def print_status(report: StatusReport, out: IO[str]) -> None:
     )
 
 
-def cancel_command(run_id: str, output_dir: str = "runs") -> int:
-    """Ask the run's driver to stop: it finishes nothing new, cancels in-flight units, marks ``cancelled``."""
-    rd = _run_dir(run_id, output_dir)
+CancelOutcome = Literal["already_final", "cancelled", "requested"]
+
+
+def request_cancel(rd: RunDir) -> CancelOutcome:
+    """Ask the driver of the run in ``rd`` to stop (the ``CANCEL`` marker it polls).
+
+    ``already_final``: the run had ended, nothing was written. ``cancelled``: no driver was
+    running it (never started, or gone from this host), so the cancellation is recorded here.
+    ``requested``: a driver runs it (here, or on another host) and stops at its next poll.
+    Used by ``agentcpt cancel`` and by the API for runs it did not start.
+    """
     status = rd.read_status()
     if status is not None and status.state in TERMINAL_STATES:
-        print(f"run {run_id} is already {status.state}")
-        return 0
+        return "already_final"
     rd.request_cancel()
     local = status is not None and status.host == socket.gethostname()
     no_driver = status is None or status.state == "queued" or (local and driver_alive(rd) is None)
     if no_driver:
         # Nobody will act on the marker: record the cancellation ourselves.
         rd.mark("cancelled", "cancelled while no driver was running")
+        return "cancelled"
+    return "requested"
+
+
+def cancel_command(run_id: str, output_dir: str = "runs") -> int:
+    """Ask the run's driver to stop: it finishes nothing new, cancels in-flight units, marks ``cancelled``."""
+    rd = _run_dir(run_id, output_dir)
+    outcome = request_cancel(rd)
+    if outcome == "already_final":
+        status = rd.read_status()
+        print(f"run {run_id} is already {status.state if status else 'finished'}")
+    elif outcome == "cancelled":
         print(f"run {run_id} cancelled (no driver was running it)")
-        return 0
-    print(f"cancel requested for run {run_id}; its driver stops at its next poll")
+    else:
+        print(f"cancel requested for run {run_id}; its driver stops at its next poll")
     return 0

@@ -25,6 +25,9 @@ from typing import Any
 
 from pipelines.fence import register_worker
 from pipelines.units import DROPPED_UNIT, PrepareResult, UnitResult, UnitTask
+from synth.dedup import DEDUP_SOURCES, write_unit_signatures
+from synth.layout import RunLayout
+from synth.llm.cache import cache_scope
 from synth.records import Record
 from synth.shards import ManifestRow, ShardStore, default_worker
 from synth.spec import RunSpec
@@ -136,9 +139,16 @@ class UnitWorker:
         items = list(items or [])
         # An empty unit (every upstream input failed) is committed empty, so that the unit
         # numbering stays one-to-one with upstream; the stage is not asked about nothing.
-        output = await stage.process(items, ctx) if items else StageOutput()
+        # Requests of this unit are cached under it: a retry (any worker) finds them.
+        with cache_scope(task.stage, task.unit):
+            output = await stage.process(items, ctx) if items else StageOutput()
         for record in output.records:
             record.prompt_fingerprint = stage.prompt_fingerprint  # which prompts wrote it (resume check)
+        if output.records and self._signs(task.stage):
+            # MinHash signatures for the downstream barrier's dedup, made here in parallel
+            # (synth.dedup); written before the commit, so a committed unit has its side file.
+            path = RunLayout(Path(self._job.run_dir)).signatures(task.stage, task.unit)
+            await asyncio.to_thread(write_unit_signatures, path, output.records)
         try:
             rows = await asyncio.to_thread(
                 self._store.write_unit,
@@ -151,7 +161,9 @@ class UnitWorker:
             )
         except FileExistsError:
             # An earlier attempt of this unit (a worker Ray retried after it died) committed it.
+            self._publish_cache(task)
             return self._committed(task, t0)
+        self._publish_cache(task)
         records, failed = _counts(rows)
         return UnitResult(
             stage=task.stage,
@@ -217,6 +229,16 @@ class UnitWorker:
                     base_dir=Path(job.base_dir),
                 )
         return self._ctx
+
+    def _publish_cache(self, task: UnitTask) -> None:
+        """Seal this unit's request-cache segment: one file per unit, whatever its requests."""
+        if self._llms is not None:
+            self._llms.cache.publish(task.stage, task.unit)
+
+    def _signs(self, stage: str) -> bool:
+        """Whether ``stage``'s records are deduplicated downstream in this run (see synth.dedup)."""
+        consumer = DEDUP_SOURCES.get(stage)
+        return consumer is not None and consumer in self._job.spec.stages.enabled()
 
     def _usage_snapshot(self) -> dict[str, Any] | None:
         return self._llms.snapshot() if self._llms is not None else None

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from pretrain.model import ParallelSizes, RopeScaling
+from pretrain.model import ParallelSizes, Recompute, RopeScaling
 
 
 class ModelSource(BaseModel):
@@ -73,6 +73,11 @@ class DataConfig(BaseModel):
     )
     replay_weight: float = Field(
         0.0, ge=0, lt=1, description="share of training samples drawn from replay_blend"
+    )
+    document_mask: bool = Field(
+        False,
+        description="attend only within each packed document (THD cu_seqlens at EOD tokens; "
+        "pretrain/packing.py); recommended for long-context stages",
     )
 
     @model_validator(mode="after")
@@ -147,8 +152,9 @@ class StageConfig(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rope: RopeChange = Field(default_factory=RopeChange)
     parallel: ParallelSizes = Field(default_factory=ParallelSizes)
-    recompute: Literal["none", "selective", "full"] = Field(
-        "none", description="activation recomputation (GPU)"
+    recompute: Recompute = Field(
+        "none",
+        description="activation recomputation (GPU): selective = core attention + MLP, full = whole layers",
     )
     log_interval: PositiveInt = Field(10, description="log loss, tokens/s and MFU every this many steps")
 
@@ -194,6 +200,19 @@ class CheckpointConfig(BaseModel):
     )
 
 
+class LoggingConfig(BaseModel):
+    """Experiment trackers besides stdout and metrics.jsonl (see pretrain/metrics.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tensorboard: bool = Field(True, description="write TensorBoard event files")
+    tensorboard_dir: str | None = Field(
+        None, description="TensorBoard root (default <checkpoint.dir>/tensorboard)"
+    )
+    wandb_project: str | None = Field(
+        None, description="W&B project (default: the WANDB_PROJECT environment variable; unset: no W&B)"
+    )
+
+
 class CPTConfig(BaseModel):
     """The whole CPT run: a model, checkpointing, hardware facts, and stages in order."""
 
@@ -212,6 +231,12 @@ class CPTConfig(BaseModel):
         description="dense peak FLOP/s of one device for MFU (H100 SXM bf16: 989e12); None: MFU not logged",
     )
     seed: int = Field(1234, description="data order and initialization seed")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    distributed_timeout_minutes: PositiveInt = Field(
+        60,
+        description="NCCL collective timeout; must cover rank 0 building the dataset index of a large "
+        "corpus while the other ranks wait (torch's default of 10 minutes does not)",
+    )
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> CPTConfig:
@@ -229,7 +254,7 @@ class CPTConfig(BaseModel):
 
 def load_cpt_config(path: str | Path) -> CPTConfig:
     """Read and validate a CPT config; raises `SpecError` naming the file and the field."""
-    from synth.spec import SpecError
+    from synth.errors import SpecError
 
     p = Path(path)
     if not p.is_file():

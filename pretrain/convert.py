@@ -1,4 +1,4 @@
-"""HF <-> megatron-core weights for the Llama / Qwen2 / Qwen3 dense family.
+"""HF <-> megatron-core weights for the Llama / Qwen2 / Qwen3 dense family and Qwen3-MoE.
 
 The mapping (HF name -> mcore name, per layer ``i``)::
 
@@ -10,8 +10,14 @@ The mapping (HF name -> mcore name, per layer ``i``)::
     post_attention_layernorm.weight           -> pre_mlp_layernorm.weight
     mlp.{gate,up}_proj.weight                 -> mlp.linear_fc1.weight              (gate ‖ up)
     mlp.down_proj.weight                      -> mlp.linear_fc2.weight
+    mlp.gate.weight               (MoE)       -> mlp.router.weight
+    mlp.experts.e.{gate,up}_proj.weight (MoE) -> mlp.experts.local_experts.e.linear_fc1.weight (gate ‖ up)
+    mlp.experts.e.down_proj.weight      (MoE) -> mlp.experts.local_experts.e.linear_fc2.weight
     model.norm.weight                         -> decoder.final_layernorm.weight
     lm_head.weight (untied only)              -> output_layer.weight                (rows padded)
+
+(transformers 5 holds experts fused in memory, ``mlp.experts.gate_up_proj`` [E, 2I, H] and
+``mlp.experts.down_proj`` [E, H, I], but saves the per-expert names above; both are read.)
 
 QKV: mcore's fused projection is laid out per query group — ``[q heads of group g, k_g, v_g]``
 for g in groups (megatron/core/transformer/attention.py, get_query_key_value_tensors) — so
@@ -19,11 +25,13 @@ a contiguous TP slice holds whole groups. HF's ``repeat_kv`` gives query head j 
 ``j // (heads/groups)``, the same grouping. Both use the rotate-half RoPE layout, so no
 row permutation is needed (unlike Meta's original Llama checkpoints).
 
-The canonical names above are those of the local layer spec at TP=PP=1 ("full" state).
-`load_hf_into_model` places a full state into any rank's model: pipeline stages hold a
-range of layers (renumbered from 0), tensor-parallel ranks hold a slice (fc1 is sliced per
-half: each rank holds its gate rows then its up rows), and the Transformer Engine spec
-fuses the pre-attention/pre-MLP norms into the following linear (``layer_norm_weight``).
+The canonical names above are those of the local layer spec at TP=PP=EP=1 ("full"
+state). `load_hf_into_model` places a full state into any rank's model: pipeline stages
+hold a range of layers (renumbered from 0), tensor-parallel ranks hold a slice (fc1 is
+sliced per half: each rank holds its gate rows then its up rows), expert-parallel ranks
+hold a contiguous range of experts (renumbered from 0; TE's grouped GEMM names them
+``linear_fc1.weight<j>``), and the Transformer Engine spec fuses the pre-attention/pre-MLP
+norms into the following linear (``layer_norm_weight``).
 """
 
 from __future__ import annotations
@@ -39,7 +47,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pretrain.model import MCORE_LLAMA3_ROPE, DenseArchitecture, padded_vocab_size
+from pretrain.checkpoint import dist_ckpt_metadata, load_cpu_tensors, read_train_state
+from pretrain.model import (
+    MCORE_LLAMA3_ROPE,
+    Architecture,
+    ParallelSizes,
+    build_gpt_model,
+    padded_vocab_size,
+    transformer_config,
+)
+from pretrain.runtime.megatron_cpu import init_cpu_process_group, patch_megatron_for_cpu
 
 # Files copied as-is from the source HF directory on export (tokenizer and chat template).
 _TOKENIZER_FILES = (
@@ -60,6 +77,10 @@ _TE_NAMES = {
     "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
 }
 _LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+# A local expert's weights: SequentialMLP (local spec) or TE's grouped GEMM (weight<j>).
+_SEQUENTIAL_EXPERT = re.compile(r"^mlp\.experts\.local_experts\.(\d+)\.(linear_fc[12]\.weight)$")
+_GROUPED_EXPERT = re.compile(r"^mlp\.experts\.(linear_fc[12])\.weight(\d+)$")
+_FUSED_HF_EXPERTS = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
 
 
 class ConversionError(ValueError):
@@ -87,12 +108,28 @@ def read_hf_state(hf_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def per_expert_hf_state(hf: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Expand transformers-5 fused expert tensors into the per-expert names checkpoints use."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in hf.items():
+        m = _FUSED_HF_EXPERTS.match(key)
+        if m is None:
+            out[key] = t
+            continue
+        prefix = f"model.layers.{m.group(1)}.mlp.experts."
+        for e in range(t.shape[0]):
+            if m.group(2) == "gate_up_proj":  # [E, 2I, H]: gate rows, then up rows
+                gate, up = torch.chunk(t[e], 2, dim=0)
+                out[f"{prefix}{e}.gate_proj.weight"], out[f"{prefix}{e}.up_proj.weight"] = gate, up
+            else:  # [E, H, I]
+                out[f"{prefix}{e}.down_proj.weight"] = t[e]
+    return out
+
+
 # --------------------------------------------------------------------------- HF -> mcore
 
 
-def _interleave_qkv(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, arch: DenseArchitecture
-) -> torch.Tensor:
+def _interleave_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, arch: Architecture) -> torch.Tensor:
     """Stack per query group: [q heads of g, k_g, v_g] for each group g (works for weights and biases)."""
     groups, hd = arch.num_query_groups, arch.head_dim
     per_group = arch.num_attention_heads // groups
@@ -103,7 +140,7 @@ def _interleave_qkv(
     return torch.cat([q, k, v], dim=1).reshape(groups * (per_group + 2) * hd, *rest)
 
 
-def _split_qkv(qkv: torch.Tensor, arch: DenseArchitecture) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _split_qkv(qkv: torch.Tensor, arch: Architecture) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inverse of `_interleave_qkv`."""
     groups, hd = arch.num_query_groups, arch.head_dim
     per_group = arch.num_attention_heads // groups
@@ -134,7 +171,7 @@ def _take(hf: Mapping[str, torch.Tensor], name: str, shape: tuple[int, ...]) -> 
 
 
 def hf_to_mcore(
-    hf: Mapping[str, torch.Tensor], arch: DenseArchitecture, tensor_parallel: int = 1
+    hf: Mapping[str, torch.Tensor], arch: Architecture, tensor_parallel: int = 1
 ) -> dict[str, torch.Tensor]:
     """Full (unsharded) mcore state for ``arch`` from an HF state dict; every HF tensor is used.
 
@@ -144,6 +181,7 @@ def hf_to_mcore(
     q_rows, kv_rows = arch.num_attention_heads * hd, arch.num_query_groups * hd
     vocab = padded_vocab_size(arch.vocab_size, tensor_parallel)
     used: set[str] = set()
+    hf = per_expert_hf_state(hf) if arch.moe is not None else hf
 
     def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
         used.add(name)
@@ -176,10 +214,20 @@ def hf_to_mcore(
             out[dst + "self_attention.k_layernorm.weight"] = take(src + "self_attn.k_norm.weight", (hd,))
         out[dst + "self_attention.linear_proj.weight"] = take(src + "self_attn.o_proj.weight", (h, q_rows))
         out[dst + "pre_mlp_layernorm.weight"] = take(src + "post_attention_layernorm.weight", (h,))
-        out[dst + "mlp.linear_fc1.weight"] = torch.cat(
-            [take(src + "mlp.gate_proj.weight", (f, h)), take(src + "mlp.up_proj.weight", (f, h))], dim=0
-        )
-        out[dst + "mlp.linear_fc2.weight"] = take(src + "mlp.down_proj.weight", (h, f))
+        if arch.moe is None:
+            out[dst + "mlp.linear_fc1.weight"] = torch.cat(
+                [take(src + "mlp.gate_proj.weight", (f, h)), take(src + "mlp.up_proj.weight", (f, h))], dim=0
+            )
+            out[dst + "mlp.linear_fc2.weight"] = take(src + "mlp.down_proj.weight", (h, f))
+            continue
+        n, i_ = arch.moe.num_experts, arch.moe.expert_ffn_hidden_size
+        out[dst + "mlp.router.weight"] = take(src + "mlp.gate.weight", (n, h))
+        for e in range(n):
+            hf_e, mc_e = f"{src}mlp.experts.{e}.", f"{dst}mlp.experts.local_experts.{e}."
+            out[mc_e + "linear_fc1.weight"] = torch.cat(
+                [take(hf_e + "gate_proj.weight", (i_, h)), take(hf_e + "up_proj.weight", (i_, h))], dim=0
+            )
+            out[mc_e + "linear_fc2.weight"] = take(hf_e + "down_proj.weight", (h, i_))
     if arch.tie_word_embeddings:
         # Tied checkpoints sometimes still store lm_head; it must be the embedding.
         if "lm_head.weight" in hf:
@@ -198,7 +246,7 @@ def hf_to_mcore(
 # --------------------------------------------------------------------------- mcore -> HF
 
 
-def mcore_to_hf(state: Mapping[str, torch.Tensor], arch: DenseArchitecture) -> dict[str, torch.Tensor]:
+def mcore_to_hf(state: Mapping[str, torch.Tensor], arch: Architecture) -> dict[str, torch.Tensor]:
     """HF state dict from a full mcore state (padding rows dropped, tied head omitted)."""
     v, f = arch.vocab_size, arch.ffn_hidden_size
 
@@ -226,9 +274,18 @@ def mcore_to_hf(state: Mapping[str, torch.Tensor], arch: DenseArchitecture) -> d
             out[dst + "self_attn.k_norm.weight"] = get(src + "self_attention.k_layernorm.weight")
         out[dst + "self_attn.o_proj.weight"] = get(src + "self_attention.linear_proj.weight")
         out[dst + "post_attention_layernorm.weight"] = get(src + "pre_mlp_layernorm.weight")
-        gate, up = torch.split(get(src + "mlp.linear_fc1.weight"), [f, f], dim=0)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
-        out[dst + "mlp.down_proj.weight"] = get(src + "mlp.linear_fc2.weight")
+        if arch.moe is None:
+            gate, up = torch.split(get(src + "mlp.linear_fc1.weight"), [f, f], dim=0)
+            out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
+            out[dst + "mlp.down_proj.weight"] = get(src + "mlp.linear_fc2.weight")
+            continue
+        i_ = arch.moe.expert_ffn_hidden_size
+        out[dst + "mlp.gate.weight"] = get(src + "mlp.router.weight")
+        for e in range(arch.moe.num_experts):
+            mc_e, hf_e = f"{src}mlp.experts.local_experts.{e}.", f"{dst}mlp.experts.{e}."
+            gate, up = torch.split(get(mc_e + "linear_fc1.weight"), [i_, i_], dim=0)
+            out[hf_e + "gate_proj.weight"], out[hf_e + "up_proj.weight"] = gate, up
+            out[hf_e + "down_proj.weight"] = get(mc_e + "linear_fc2.weight")
     if not arch.tie_word_embeddings:
         out["lm_head.weight"] = get("output_layer.weight")[:v]
     return {k: t.contiguous() for k, t in out.items()}
@@ -237,8 +294,19 @@ def mcore_to_hf(state: Mapping[str, torch.Tensor], arch: DenseArchitecture) -> d
 # --------------------------------------------------------------------------- placing into a rank's model
 
 
+def _first_local_expert(model: Any) -> int:
+    """Global index of this rank's first expert (expert parallelism splits them in contiguous ranges)."""
+    experts = model.config.num_moe_experts
+    if not experts or model.config.expert_model_parallel_size == 1:
+        return 0
+    from megatron.core import parallel_state
+
+    ep_rank = parallel_state.get_expert_model_parallel_rank()
+    return ep_rank * (experts // parallel_state.get_expert_model_parallel_world_size())
+
+
 def _local_to_full_name(model: Any, key: str) -> str:
-    """Rank-local state-dict key -> canonical full key (pipeline stages renumber layers from 0)."""
+    """Rank-local state-dict key -> canonical full key (layers and experts renumbered from 0 per rank)."""
     m = _LAYER_KEY.match(key)
     if not m:
         return key
@@ -247,28 +315,41 @@ def _local_to_full_name(model: Any, key: str) -> str:
     for full_name, te_name in _TE_NAMES.items():
         if rest == te_name:
             rest = full_name
+    expert = _SEQUENTIAL_EXPERT.match(rest)
+    grouped = _GROUPED_EXPERT.match(rest)
+    if expert is not None:
+        local, weight = int(expert.group(1)), expert.group(2)
+        rest = f"mlp.experts.local_experts.{_first_local_expert(model) + local}.{weight}"
+    elif grouped is not None:
+        local, weight = int(grouped.group(2)), f"{grouped.group(1)}.weight"
+        rest = f"mlp.experts.local_experts.{_first_local_expert(model) + local}.{weight}"
     return f"decoder.layers.{layer.layer_number - 1}.{rest}"
 
 
 def _tp_slice(full: torch.Tensor, param: torch.Tensor, name: str, gated_fc1: bool) -> torch.Tensor:
     """This TP rank's part of ``full`` for a parameter; a replicated parameter gets all of it.
 
-    The split dimension is the ``partition_dim`` mcore (and Transformer Engine) set on TP
-    parameters, or else the one dimension whose size differs.
+    Expert weights are split over the expert-tensor-parallel group, the rest over the
+    tensor-parallel group. The split dimension is the ``partition_dim`` mcore (and
+    Transformer Engine) set on TP parameters, or else the one dimension whose size differs.
     """
     if tuple(full.shape) == tuple(param.shape):
         return full
     from megatron.core import parallel_state
 
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    size = parallel_state.get_tensor_model_parallel_world_size()
+    if ".mlp.experts." in name:
+        rank = parallel_state.get_expert_tensor_parallel_rank()
+        size = parallel_state.get_expert_tensor_parallel_world_size()
+    else:
+        rank = parallel_state.get_tensor_model_parallel_rank()
+        size = parallel_state.get_tensor_model_parallel_world_size()
     dim = getattr(param, "partition_dim", None)
     if dim is None or dim < 0:
         differing = [d for d in range(full.dim()) if full.shape[d] != param.shape[d]]
         if len(differing) != 1:
             raise ConversionError(f"{name}: cannot place {tuple(full.shape)} into {tuple(param.shape)}")
         dim = differing[0]
-    if gated_fc1 and name.endswith("mlp.linear_fc1.weight"):
+    if gated_fc1 and name.endswith("linear_fc1.weight"):
         # Each rank holds [its gate rows; its up rows] (mcore's swiglu sharding), not a
         # contiguous slice of [gate; up].
         gate, up = torch.chunk(full, 2, dim=0)
@@ -302,16 +383,21 @@ def load_full_state_into_model(model: Any, full: Mapping[str, torch.Tensor]) -> 
         raise ConversionError(f"mcore tensors missing from the converted state: {missing[:5]}")
 
 
-def load_hf_into_model(model: Any, hf_dir: Path, arch: DenseArchitecture) -> None:
+def load_hf_into_model(model: Any, hf_dir: Path, arch: Architecture) -> None:
     """Read ``hf_dir`` and place its weights into this rank's bare `GPTModel`."""
     tp = model.config.tensor_model_parallel_size
     load_full_state_into_model(model, hf_to_mcore(read_hf_state(hf_dir), arch, tensor_parallel=tp))
 
 
 def full_state_from_model(model: Any) -> dict[str, torch.Tensor]:
-    """The canonical full state of a TP=1, PP=1 model (no `_extra_state`, tied head omitted)."""
-    if model.config.tensor_model_parallel_size != 1 or model.config.pipeline_model_parallel_size != 1:
-        raise ConversionError("export needs a TP=1, PP=1 model; load the checkpoint into one first")
+    """The canonical full state of a TP=PP=EP=1 model (no `_extra_state`, tied head omitted)."""
+    c = model.config
+    if (c.tensor_model_parallel_size, c.pipeline_model_parallel_size, c.expert_model_parallel_size) != (
+        1,
+        1,
+        1,
+    ):
+        raise ConversionError("export needs a TP=1, PP=1, EP=1 model; load the checkpoint into one first")
     out: dict[str, torch.Tensor] = {}
     for key, t in model.state_dict().items():
         if key.endswith("_extra_state") or t is None:
@@ -323,9 +409,7 @@ def full_state_from_model(model: Any) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- writing HF
 
 
-def hf_config_for(
-    arch: DenseArchitecture, source_dir: Path, dtype: torch.dtype = torch.float32
-) -> dict[str, Any]:
+def hf_config_for(arch: Architecture, source_dir: Path, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The source ``config.json`` with what training may have changed (RoPE, context length)."""
     cfg = json.loads((Path(source_dir) / "config.json").read_text())
     scaling: dict[str, Any] | None = None
@@ -350,7 +434,7 @@ def hf_config_for(
 
 def save_hf_dir(
     full_state: Mapping[str, torch.Tensor],
-    arch: DenseArchitecture,
+    arch: Architecture,
     source_dir: Path,
     out_dir: Path,
     dtype: torch.dtype = torch.float32,
@@ -382,20 +466,18 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, source_dir: Path | None =
     """A trainer checkpoint (``<ckpt>/<stage>/iter_X``, CPU or GPU format) -> an HF directory.
 
     Runs in one CPU process whatever the training layout was: the model is built unsharded
-    (TP=PP=1, local spec) and megatron's ``dist_checkpointing.load`` reshards a GPU
-    checkpoint into it (the local spec maps its norm names to Transformer Engine's).
+    (TP=PP=EP=1, local spec) and megatron's ``dist_checkpointing.load`` reshards a GPU
+    checkpoint into it (the local spec maps its norm names to Transformer Engine's, and
+    SequentialMLP and TE's grouped experts share one sharded layout, ``experts.linear_fc*``).
     """
     import torch.distributed as dist
     from megatron.core import dist_checkpointing, parallel_state
 
-    from pretrain import cpu_compat
-    from pretrain.model import ParallelSizes, build_gpt_model, transformer_config
-    from pretrain.train import dist_ckpt_metadata, read_train_state
-
     checkpoint = Path(checkpoint)
     state = read_train_state(checkpoint)
     source = Path(source_dir or state.source_hf_dir)
-    owns_group = cpu_compat.init_cpu_process_group()
+    patch_megatron_for_cpu()
+    owns_group = init_cpu_process_group()
     owns_state = not parallel_state.model_parallel_is_initialized()
     try:
         if owns_state:
@@ -403,7 +485,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, source_dir: Path | None =
         config = transformer_config(state.arch, ParallelSizes(), torch.float32, use_cpu_initialization=True)
         model = build_gpt_model(state.arch, config, "local", state.seq_length)
         if state.format == "torch":
-            cpu_compat.load_model_weights_from_checkpoint(model, checkpoint)
+            model.load_state_dict(load_cpu_tensors(checkpoint)["model"])
         else:
             sharded = {"model": model.sharded_state_dict(metadata=dist_ckpt_metadata())}
             model.load_state_dict(dist_checkpointing.load(sharded, str(checkpoint))["model"])

@@ -1,17 +1,19 @@
-"""HF config -> megatron-core `GPTModel` for the Llama / Qwen2 / Qwen3 dense family.
+"""HF config -> megatron-core `GPTModel` for Llama / Qwen2 / Qwen3 dense and Qwen3-MoE.
 
 Three steps, each a plain function:
 
-* `architecture_from_hf(config_json)` reads an HF ``config.json`` into a `DenseArchitecture`
+* `architecture_from_hf(config_json)` reads an HF ``config.json`` into an `Architecture`
   (the facts both sides of the conversion must agree on) and refuses what this module cannot
-  represent faithfully (MoE, sliding windows, YaRN, biases other than Qwen2's QKV bias).
+  represent faithfully (sliding windows, YaRN, biases other than Qwen2's QKV bias, MoE
+  layouts other than Qwen3-MoE's every-layer experts without a shared expert).
 * `transformer_config(arch, ...)` builds the `TransformerConfig` (RMSNorm, SwiGLU, RoPE, GQA,
-  Qwen3 QK-norm, parallel sizes, precision).
+  Qwen3 QK-norm, MoE routing, parallel sizes, precision, fused kernels).
 * `build_gpt_model(...)` builds the `GPTModel` with a layer spec: Transformer Engine on GPU
-  (fused kernels, flash attention, needed for context parallelism), the local spec on CPU.
+  (fused kernels, flash attention, grouped-GEMM experts, needed for context parallelism),
+  the local spec on CPU.
 
-Nothing here knows about CUDA being absent; `pretrain.cpu_compat` patches megatron-core
-before a CPU build.
+Nothing here knows about CUDA being absent; `pretrain.runtime.megatron_cpu` patches
+megatron-core before a CPU build.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-Family = Literal["llama", "qwen2", "qwen3"]
+Family = Literal["llama", "qwen2", "qwen3", "qwen3_moe"]
 LayerImpl = Literal["transformer_engine", "local"]
+# fused: the GPU kernels (TE attention, fused SwiGLU/RoPE/cross-entropy, grouped-GEMM experts,
+# all-to-all dispatch); reference: plain PyTorch ops, the only ones that run on CPU.
+Kernels = Literal["fused", "reference"]
 
 _FAMILY_BY_MODEL_TYPE: dict[str, Family] = {
     "llama": "llama",
     "mistral": "llama",  # same weights layout; sliding windows are refused below
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "qwen3_moe": "qwen3_moe",
 }
 
 # mcore's Llama-3 RoPE scaling hardcodes these (RotaryEmbedding._apply_scaling); an HF config
@@ -58,12 +64,28 @@ class RopeScaling(BaseModel):
     factor: PositiveFloat = Field(description="scaling factor (> 1 stretches the context)")
 
 
-class DenseArchitecture(BaseModel):
-    """What a Llama/Qwen2/Qwen3 dense checkpoint is: the shapes and the numerics of its layers."""
+class MoeArchitecture(BaseModel):
+    """The mixture-of-experts MLP of every layer (Qwen3-MoE: no shared expert, softmax router)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    num_experts: PositiveInt = Field(description="routed experts per layer (HF num_experts)")
+    top_k: PositiveInt = Field(description="experts per token (HF num_experts_per_tok)")
+    expert_ffn_hidden_size: PositiveInt = Field(
+        description="SwiGLU width of one expert (HF moe_intermediate_size)"
+    )
+    normalize_top_k: bool = Field(
+        description="renormalise the top-k routing weights to sum to 1 (HF norm_topk_prob)"
+    )
+    aux_loss_coeff: float = Field(ge=0, description="load-balancing loss weight (HF router_aux_loss_coef)")
+
+
+class Architecture(BaseModel):
+    """What a checkpoint is: the shapes and the numerics of its layers (dense or Qwen3-MoE)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     family: Family = Field(
-        description="weights layout family: llama (also SmolLM2), qwen2 (QKV bias), qwen3 (QK-norm)"
+        description="weights layout family: llama (also SmolLM2), qwen2 (QKV bias), qwen3 (QK-norm), "
+        "qwen3_moe (QK-norm, routed experts)"
     )
     vocab_size: PositiveInt = Field(description="tokenizer vocabulary size (rows of the HF embedding)")
     hidden_size: PositiveInt = Field(description="model width")
@@ -79,10 +101,11 @@ class DenseArchitecture(BaseModel):
     tie_word_embeddings: bool = Field(description="output layer shares the input embedding")
     qkv_bias: bool = Field(description="Q/K/V projections carry a bias (Qwen2)")
     qk_norm: bool = Field(description="RMSNorm on each query/key head before RoPE (Qwen3)")
+    moe: MoeArchitecture | None = Field(None, description="routed experts in every layer (None: dense MLP)")
 
     def with_rope(
         self, base: float | None, scaling: RopeScaling | None, max_positions: int | None
-    ) -> DenseArchitecture:
+    ) -> Architecture:
         """A copy with RoPE changed for long-context training (None keeps the current value)."""
         update: dict[str, Any] = {}
         if base is not None:
@@ -94,17 +117,40 @@ class DenseArchitecture(BaseModel):
         return self.model_copy(update=update)
 
     @property
-    def num_parameters(self) -> int:
-        """Parameter count as HF counts it (tied embeddings counted once)."""
+    def attention_parameters(self) -> int:
+        """Parameters of one layer's attention block (projections, biases, QK-norm)."""
         attn = self.hidden_size * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_query_groups)
         if self.qkv_bias:
             attn += self.head_dim * (self.num_attention_heads + 2 * self.num_query_groups)
         if self.qk_norm:
             attn += 2 * self.head_dim
-        mlp = 3 * self.hidden_size * self.ffn_hidden_size
-        per_layer = attn + mlp + 2 * self.hidden_size
-        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embeddings + self.hidden_size
+        return attn
+
+    @property
+    def expert_parameters(self) -> int:
+        """Parameters of all experts of all layers (0 for a dense model): what expert parallelism splits."""
+        if self.moe is None:
+            return 0
+        return self.num_layers * self.moe.num_experts * 3 * self.hidden_size * self.moe.expert_ffn_hidden_size
+
+    @property
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameter count as HF counts it (tied embeddings counted once)."""
+        if self.moe is None:
+            mlp = 3 * self.hidden_size * self.ffn_hidden_size
+        else:
+            mlp = self.hidden_size * self.moe.num_experts  # the router; experts counted below
+        per_layer = self.attention_parameters + mlp + 2 * self.hidden_size
+        return (
+            self.num_layers * per_layer
+            + self.expert_parameters
+            + self.embedding_parameters
+            + self.hidden_size
+        )
 
 
 def _rope_from_hf(cfg: dict[str, Any]) -> tuple[float, RopeScaling | None]:
@@ -133,33 +179,50 @@ def _rope_from_hf(cfg: dict[str, Any]) -> tuple[float, RopeScaling | None]:
     raise ArchitectureError(f"rope_scaling type {kind!r} is not supported (linear and llama3 are)")
 
 
-def architecture_from_hf(cfg: dict[str, Any]) -> DenseArchitecture:
+def _moe_from_hf(cfg: dict[str, Any]) -> MoeArchitecture:
+    """Qwen3-MoE's expert settings; refuses layouts mcore would compute differently here."""
+    if cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
+        raise ArchitectureError(
+            "decoder_sparse_step / mlp_only_layers: only MoE in every layer is supported (Qwen3-MoE's layout)"
+        )
+    if cfg.get("shared_expert_intermediate_size"):
+        raise ArchitectureError("shared_expert_intermediate_size: shared experts are not supported")
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts")  # transformers 5 says num_local_experts
+    if not experts:
+        raise ArchitectureError("num_experts: a qwen3_moe config must name its experts")
+    return MoeArchitecture(
+        num_experts=int(experts),
+        top_k=int(cfg["num_experts_per_tok"]),
+        expert_ffn_hidden_size=int(cfg["moe_intermediate_size"]),
+        normalize_top_k=bool(cfg.get("norm_topk_prob", False)),
+        aux_loss_coeff=float(cfg.get("router_aux_loss_coef", 0.0)),
+    )
+
+
+def architecture_from_hf(cfg: dict[str, Any]) -> Architecture:
     """Read an HF ``config.json`` dict; raise `ArchitectureError` naming the unsupported field."""
     model_type = cfg.get("model_type")
     if model_type not in _FAMILY_BY_MODEL_TYPE:
-        hint = (
-            " (MoE: use megatron-bridge's AutoBridge, see configs/cpt/README.md)"
-            if "moe" in str(model_type)
-            else ""
+        raise ArchitectureError(
+            f"model_type {model_type!r} is not supported (llama, mistral, qwen2, qwen3, qwen3_moe are)"
         )
-        raise ArchitectureError(f"model_type {model_type!r} is not a supported dense family{hint}")
     family = _FAMILY_BY_MODEL_TYPE[model_type]
-    if cfg.get("num_experts") or cfg.get("num_local_experts"):
-        raise ArchitectureError("num_experts: MoE checkpoints need megatron-bridge's AutoBridge")
+    if family != "qwen3_moe" and (cfg.get("num_experts") or cfg.get("num_local_experts")):
+        raise ArchitectureError(f"num_experts: experts in a {model_type!r} model are not supported")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ArchitectureError(f"hidden_act {cfg.get('hidden_act')!r}: only silu (SwiGLU) is supported")
     if cfg.get("mlp_bias"):
         raise ArchitectureError("mlp_bias=true is not supported")
     if family == "llama" and cfg.get("attention_bias"):
         raise ArchitectureError("attention_bias=true is not supported for the llama family")
-    if family == "qwen3" and cfg.get("attention_bias"):
-        raise ArchitectureError("attention_bias=true is not supported for qwen3")
+    if family in ("qwen3", "qwen3_moe") and cfg.get("attention_bias"):
+        raise ArchitectureError(f"attention_bias=true is not supported for {family}")
     if cfg.get("use_sliding_window") or (family == "llama" and cfg.get("sliding_window")):
         raise ArchitectureError("sliding_window attention is not supported")
     heads = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
     theta, scaling = _rope_from_hf(cfg)
-    return DenseArchitecture(
+    return Architecture(
         family=family,
         vocab_size=int(cfg["vocab_size"]),
         hidden_size=hidden,
@@ -174,11 +237,12 @@ def architecture_from_hf(cfg: dict[str, Any]) -> DenseArchitecture:
         max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         qkv_bias=family == "qwen2",
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "qwen3_moe"),
+        moe=_moe_from_hf(cfg) if family == "qwen3_moe" else None,
     )
 
 
-def load_architecture(hf_dir: Path) -> DenseArchitecture:
+def load_architecture(hf_dir: Path) -> Architecture:
     """`architecture_from_hf` on ``hf_dir/config.json``."""
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
@@ -206,23 +270,90 @@ class ParallelSizes(BaseModel):
     context: PositiveInt = Field(
         1, description="context parallel size (long sequences; needs Transformer Engine)"
     )
+    expert: PositiveInt = Field(
+        1,
+        description="expert parallel size (MoE): experts are split over this many ranks of the data-parallel group",
+    )
+    expert_tensor: PositiveInt = Field(
+        1, description="tensor parallel size inside each expert (MoE; 1 is usual: experts are small)"
+    )
     sequence_parallel: bool = Field(
         True, description="shard norms/dropout activations over TP ranks (ignored at TP=1)"
     )
 
+    @property
+    def model_parallel(self) -> int:
+        """GPUs holding one replica of the dense part: TP x PP x CP."""
+        return self.tensor * self.pipeline * self.context
+
+
+# Activation recomputation (mcore's names). "selective" recomputes what is cheap to redo and
+# costly to keep: core attention (nearly free with flash attention) and the MLP (or the
+# experts' activation), leaving each layer's inputs stored. "full" keeps only each layer's
+# input (one recompute of the whole layer in the backward, ~33% more compute).
+Recompute = Literal["none", "selective", "full"]
+
+
+def recompute_options(recompute: Recompute, arch: Architecture, kernels: Kernels) -> dict[str, Any]:
+    """TransformerConfig keyword arguments for a recompute setting."""
+    if recompute == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    if recompute == "selective":
+        if arch.moe is None:
+            modules = ["core_attn", "mlp"]
+        else:  # moe_act needs grouped-GEMM experts (the fused kernels)
+            modules = ["core_attn", "moe_act"] if kernels == "fused" else ["core_attn"]
+        return {"recompute_granularity": "selective", "recompute_modules": modules}
+    return {}
+
+
+def fused_kernel_options(arch: Architecture, kernels: Kernels) -> dict[str, Any]:
+    """Fusions on the GPU path (with Transformer Engine); all off for the reference path.
+
+    Gradient-accumulation fusion of the output layer (a plain mcore ColumnParallelLinear)
+    needs apex's ``fused_weight_gradient_mlp_cuda``; mcore raises without it, so it is on
+    only where that extension is importable (NGC containers that ship apex).
+    """
+    if kernels == "reference":
+        return dict(
+            bias_activation_fusion=False,
+            bias_dropout_fusion=False,
+            masked_softmax_fusion=False,
+            apply_rope_fusion=False,
+            persist_layer_norm=False,
+            gradient_accumulation_fusion=False,
+            cross_entropy_loss_fusion=False,
+        )
+    import importlib.util
+
+    options: dict[str, Any] = dict(
+        bias_activation_fusion=True,  # fused SwiGLU
+        bias_dropout_fusion=True,
+        masked_softmax_fusion=False,  # flash attention replaces the softmax kernel
+        apply_rope_fusion=True,  # TE's fused RoPE (also the THD / packed-sequence form)
+        persist_layer_norm=False,  # apex-only; TE's norms are fused into the linears
+        gradient_accumulation_fusion=importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None,
+        cross_entropy_loss_fusion=True,
+        cross_entropy_fusion_impl="native",
+    )
+    if arch.moe is not None:
+        options.update(moe_permute_fusion=True, moe_router_fusion=True)
+    return options
+
 
 def transformer_config(
-    arch: DenseArchitecture,
+    arch: Architecture,
     parallel: ParallelSizes,
     dtype: torch.dtype,
     use_cpu_initialization: bool,
-    recompute: Literal["none", "selective", "full"] = "none",
+    recompute: Recompute = "none",
+    kernels: Kernels = "reference",
     init_method_std: float = 0.02,
 ) -> Any:
     """The `TransformerConfig` that computes what the HF model computes.
 
-    Fusions that need CUDA extensions (apex, TE kernels) stay off; mcore picks TE's own fused
-    paths through the TE layer spec on GPU.
+    ``kernels="fused"`` (the GPU path, Transformer Engine installed) turns on the fused
+    kernels; ``"reference"`` keeps plain PyTorch ops (CPU, parity tests).
     """
     from megatron.core.transformer import TransformerConfig
 
@@ -234,11 +365,29 @@ def transformer_config(
         raise ArchitectureError(
             f"parallel.pipeline={parallel.pipeline} must divide num_hidden_layers={arch.num_layers}"
         )
-    extra: dict[str, Any] = {}
-    if recompute == "selective":
-        extra.update(recompute_granularity="selective")
-    elif recompute == "full":
-        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    moe: dict[str, Any] = {}
+    if arch.moe is not None:
+        if arch.moe.num_experts % parallel.expert:
+            raise ArchitectureError(
+                f"parallel.expert={parallel.expert} must divide num_experts={arch.moe.num_experts}"
+            )
+        moe = dict(
+            num_moe_experts=arch.moe.num_experts,
+            moe_router_topk=arch.moe.top_k,
+            moe_ffn_hidden_size=arch.moe.expert_ffn_hidden_size,
+            # Softmax over the top-k logits equals HF's softmax-then-top-k renormalised
+            # (norm_topk_prob); without renormalisation HF keeps the full-softmax weights.
+            moe_router_pre_softmax=not arch.moe.normalize_top_k,
+            moe_router_score_function="softmax",
+            moe_router_dtype="fp32",
+            moe_router_load_balancing_type="aux_loss" if arch.moe.aux_loss_coeff > 0 else "none",
+            moe_aux_loss_coeff=arch.moe.aux_loss_coeff,
+            # all-to-all needs CUDA streams; all-gather computes the same on CPU.
+            moe_token_dispatcher_type="alltoall" if kernels == "fused" else "allgather",
+            moe_grouped_gemm=kernels == "fused",
+            expert_model_parallel_size=parallel.expert,
+            expert_tensor_parallel_size=parallel.expert_tensor,
+        )
     return TransformerConfig(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -267,31 +416,31 @@ def transformer_config(
         # The loss is the mean over every token of the global batch (not a mean of
         # micro-batch means): the GPU schedule sums, finalize_model_grads divides.
         calculate_per_token_loss=True,
-        # Fused kernels from apex/TE extensions: not needed for correctness, absent on CPU.
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        **extra,
+        **fused_kernel_options(arch, kernels),
+        **recompute_options(recompute, arch, kernels),
+        **moe,
     )
 
 
-def layer_spec(arch: DenseArchitecture, impl: LayerImpl) -> Any:
+def layer_spec(arch: Architecture, impl: LayerImpl) -> Any:
     """The transformer-layer spec: TE modules on GPU, plain mcore modules on CPU."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
 
+    experts = arch.moe.num_experts if arch.moe is not None else None
     if impl == "transformer_engine":
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
-    return get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+        return get_gpt_layer_with_transformer_engine_spec(
+            num_experts=experts, moe_grouped_gemm=experts is not None, qk_layernorm=arch.qk_norm
+        )
+    return get_gpt_layer_local_spec(
+        num_experts=experts, moe_grouped_gemm=False, qk_layernorm=arch.qk_norm, normalization="RMSNorm"
+    )
 
 
 def build_gpt_model(
-    arch: DenseArchitecture,
+    arch: Architecture,
     config: Any,
     impl: LayerImpl,
     seq_length: int,

@@ -4,10 +4,14 @@ Output, for an output prefix ``P`` (default ``runs/<id>/megatron/``)::
 
     P cpt1_planning.bin / .idx      one dataset per CPT stage and kind, EOD after each document
     P cpt2_rollout.bin / .idx       ...
+    P cpt1_rollout_heldout.bin / .idx   texts of held-out sources (run input only, pretrain/lineage.py)
     P blend_cpt1.json               per CPT stage: weights + prefixes (see pretrain/blend.py)
+    P data_args_cpt1.txt            the same mixture for Megatron-LM's --data-args-path
+    P per_split_data_args_cpt1.json ... and --per-split-data-args-path (valid = held out)
+    P heldout.json                  held-out corpus ids and their sources (run input only)
 
 A Parquet glob without ``cpt_stage``/``kind`` columns gives ``P text.bin/.idx`` and
-``P blend.json``.
+``P blend.json``; a glob has no lineage, so nothing is held out.
 
 How it is fast (bench/tokenize.py measures it against bare ``encode_batch``):
 
@@ -49,13 +53,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from pretrain.blend import BlendDataset, BlendFile, TokenizerInfo, blend_json, make_blend
-from synth.cli import UsageError
-from synth.corpus import KINDS
+from pretrain.blend import (
+    BlendDataset,
+    BlendFile,
+    TokenizerInfo,
+    blend_json,
+    data_args_name,
+    data_args_text,
+    make_blend,
+    per_split_data_args,
+    per_split_data_args_name,
+)
+from pretrain.lineage import DEFAULT_FRACTION, HELDOUT_FILE, HeldOut, read_run, split_by_lineage
+from synth.errors import UsageError
+from synth.stages.corpus import KINDS
 from synth.tokens import CPTTokenizer, load_tokenizer
 
-# (cpt_stage, kind): one output dataset. cpt_stage is None for inputs without that column.
-GroupKey = tuple[int | None, str]
+# (cpt_stage, kind, split): one output dataset. cpt_stage is None for inputs without that
+# column; split is "heldout" for texts of held-out sources, else "train".
+GroupKey = tuple[int | None, str, str]
 
 GROUP_COLUMNS = ("cpt_stage", "kind")
 # Text per encode call: big enough to keep every core busy for a while, small enough
@@ -196,8 +212,12 @@ def tokenize_file(
     tokenizer: CPTTokenizer,
     work_dir: Path,
     progress: _Progress,
+    heldout_ids: frozenset[str] = frozenset(),
 ) -> FileResult:
-    """Tokenize one Parquet file into one ``.bin`` part per (cpt_stage, kind) group, in row order."""
+    """Tokenize one Parquet file into one ``.bin`` part per (cpt_stage, kind, split) group, in row order.
+
+    Rows whose ``id`` is in ``heldout_ids`` go to the held-out split.
+    """
     result = FileResult()
     writers: dict[GroupKey, _PartWriter] = {}
     texts: list[str] = []
@@ -216,7 +236,7 @@ def tokenize_file(
         for key, docs in by_group.items():
             writer = writers.get(key)
             if writer is None:
-                name = f"part-{part_no:05d}-{_safe(str(key[0]))}-{_safe(key[1])}.bin"
+                name = f"part-{part_no:05d}-{_safe(str(key[0]))}-{_safe(key[1])}-{key[2]}.bin"
                 writer = writers[key] = _PartWriter(work_dir / name, tokenizer.dtype, tokenizer.eod_id)
             tokens += writer.add(docs)
         result.docs += len(texts)
@@ -226,18 +246,21 @@ def tokenize_file(
 
     try:
         parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=[text_column, *group_columns]):
+        columns = [text_column, *group_columns] + (["id"] if heldout_ids else [])
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
             batch_texts = batch.column(text_column).to_pylist()
             stages = batch.column("cpt_stage").to_pylist() if "cpt_stage" in group_columns else None
             kinds = batch.column("kind").to_pylist() if "kind" in group_columns else None
+            ids = batch.column("id").to_pylist() if heldout_ids else None
             for i, text in enumerate(batch_texts):
                 if text is None:
                     result.null_texts += 1
                     continue
                 stage = stages[i] if stages is not None else None
                 kind = kinds[i] if kinds is not None and kinds[i] is not None else "text"
+                split = "heldout" if ids is not None and ids[i] in heldout_ids else "train"
                 texts.append(text)
-                keys.append((stage, kind))
+                keys.append((stage, kind, split))
                 n_chars += len(text)
             if n_chars >= CHUNK_CHARS:
                 flush()
@@ -278,6 +301,7 @@ class DatasetSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpt_stage: int | None
     kind: str
+    split: str = Field("train", description="train, or heldout (texts of held-out sources)")
     prefix: str = Field(description="absolute path prefix of the .bin/.idx")
     documents: int
     tokens: int = Field(description="tokens written, EOD included")
@@ -287,6 +311,7 @@ class TokenizeResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     datasets: list[DatasetSummary]
     blend_files: list[str] = Field(description="one per CPT stage (or one for a plain glob)")
+    heldout_documents: int = Field(0, description="documents of held-out sources (not trained on)")
     documents: int
     tokens: int
     null_texts: int = Field(description="rows whose text was null: not written, counted here")
@@ -303,15 +328,17 @@ def split_out_prefix(out: str | Path) -> tuple[Path, str]:
 
 
 def dataset_name(key: GroupKey) -> str:
-    stage, kind = key
-    return f"cpt{stage}_{_safe(kind)}" if stage is not None else _safe(kind)
+    stage, kind, split = key
+    name = f"cpt{stage}_{_safe(kind)}" if stage is not None else _safe(kind)
+    return name + ("_heldout" if split == "heldout" else "")
 
 
-def _group_order(key: GroupKey) -> tuple[bool, int, int, str]:
-    # CPT stage, then the pipeline's kind order (planning, ..., knowledge), other names after.
-    stage, kind = key
+def _group_order(key: GroupKey) -> tuple[bool, int, bool, int, str]:
+    # CPT stage, training datasets before held-out ones, then the pipeline's kind order
+    # (planning, ..., knowledge), other names after.
+    stage, kind, split = key
     rank = KINDS.index(kind) if kind in KINDS else len(KINDS)
-    return (stage is None, stage or 0, rank, kind)
+    return (stage is None, stage or 0, split == "heldout", rank, kind)
 
 
 def blend_name(stage: int | None) -> str:
@@ -326,18 +353,29 @@ def tokenize_files(
     kind_weights: dict[str, float] | None = None,
     workers: int | None = None,
     progress_stream: TextIO | None = sys.stderr,
+    heldout: HeldOut | None = None,
+    replay_share: float = 0.0,
 ) -> TokenizeResult:
     """Tokenize Parquet ``files`` into megatron datasets + blend files under the prefix ``out``.
 
-    Rows are split by ``cpt_stage`` and ``kind`` when every file has those columns.
-    Documents keep file order, then row order. Raises ``UsageError`` naming the file when
-    one is not Parquet or lacks ``text_column``.
+    With ``replay_share``, CPT stage 2's blend draws that share of its samples from stage 1's
+    training datasets (``with_replay``; the corpus's ``stage2.replay_share``).
+
+    Rows are split by ``cpt_stage`` and ``kind`` when every file has those columns, and
+    rows listed in ``heldout`` (by ``id``) go to held-out datasets. Documents keep file
+    order, then row order. Raises ``UsageError`` naming the file when one is not Parquet
+    or lacks ``text_column`` (or ``id``, with ``heldout``).
     """
     started = time.perf_counter()
     if not files:
         raise UsageError("tokenize: no input files")
     schemas = [_read_schema(p, text_column) for p in files]
     group_columns = [c for c in GROUP_COLUMNS if all(c in s.names for s in schemas)]
+    heldout_ids = heldout.ids if heldout is not None else frozenset()
+    if heldout_ids:
+        for p, schema in zip(files, schemas, strict=True):
+            if "id" not in schema.names:
+                raise UsageError(f"tokenize: {p} has no 'id' column to hold texts out by")
     workers = workers or min(len(files), 2)
     if workers < 1:
         raise UsageError("--workers: must be at least 1")
@@ -350,7 +388,17 @@ def tokenize_files(
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokenize") as pool:
             futures = [
-                pool.submit(tokenize_file, p, i, text_column, group_columns, tokenizer, work_dir, progress)
+                pool.submit(
+                    tokenize_file,
+                    p,
+                    i,
+                    text_column,
+                    group_columns,
+                    tokenizer,
+                    work_dir,
+                    progress,
+                    heldout_ids,
+                )
                 for i, p in enumerate(files)
             ]
             try:
@@ -373,6 +421,7 @@ def tokenize_files(
                 DatasetSummary(
                     cpt_stage=key[0],
                     kind=key[1],
+                    split=key[2],
                     prefix=str((out_dir / name).resolve()),
                     documents=len(lengths),
                     tokens=int(lengths.sum(dtype=np.int64)),
@@ -389,11 +438,24 @@ def tokenize_files(
         blends: dict[str, BlendFile] = {}
         for stage in sorted({s.cpt_stage for s in summaries}, key=lambda s: (s is None, s or 0)):
             datasets = [
-                BlendDataset(kind=s.kind, prefix=s.prefix, documents=s.documents, tokens=s.tokens, weight=0.0)
+                BlendDataset(
+                    kind=s.kind,
+                    prefix=s.prefix,
+                    documents=s.documents,
+                    tokens=s.tokens,
+                    weight=0.0,
+                    split="heldout" if s.split == "heldout" else "train",
+                )
                 for s in summaries
                 if s.cpt_stage == stage
             ]
             blends[name_prefix + blend_name(stage)] = make_blend(stage, datasets, kind_weights or {}, info)
+        first, second = name_prefix + blend_name(1), name_prefix + blend_name(2)
+        if replay_share > 0 and first in blends and second in blends:
+            blends[second] = with_replay(blends[second], blends[first], replay_share)
+        side_files = _megatron_lm_files(blends, heldout, name_prefix)
+        for name, text in side_files.items():
+            (work_dir / name).write_text(text, encoding="utf-8")
         for name, blend in blends.items():
             (work_dir / name).write_text(blend_json(blend), encoding="utf-8")
 
@@ -402,7 +464,7 @@ def tokenize_files(
             name = Path(s.prefix).name
             for ext in (".bin", ".idx"):
                 os.replace(work_dir / (name + ext), out_dir / (name + ext))
-        for name in blends:
+        for name in [*side_files, *blends]:
             os.replace(work_dir / name, out_dir / name)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -410,11 +472,60 @@ def tokenize_files(
     return TokenizeResult(
         datasets=summaries,
         blend_files=[str((out_dir / n).resolve()) for n in blends],
+        heldout_documents=sum(s.documents for s in summaries if s.split == "heldout"),
         documents=sum(r.docs for r in results),
         tokens=sum(s.tokens for s in summaries),
         null_texts=sum(r.null_texts for r in results),
         elapsed_s=time.perf_counter() - started,
     )
+
+
+def with_replay(target: BlendFile, earlier: BlendFile, share: float) -> BlendFile:
+    """``target``'s mixture with ``share`` of its weight moved to ``earlier``'s training datasets (in
+    their own proportions): stage 2 keeps replaying stage 1's data, against forgetting."""
+    own = [d.model_copy(update={"weight": d.weight * (1 - share)}) for d in target.datasets]
+    replay = [
+        d.model_copy(update={"weight": d.weight * share})
+        for d in earlier.datasets
+        if d.split == "train" and d.weight > 0
+    ]
+    datasets = own + replay
+    data_path: list[str] = []
+    for d in datasets:
+        if d.weight > 0:
+            data_path += [repr(d.weight), d.prefix]
+    return BlendFile(
+        cpt_stage=target.cpt_stage, data_path=data_path, datasets=datasets, tokenizer=target.tokenizer
+    )
+
+
+def _run_replay_share(run_dir: Path) -> tuple[float, bool]:
+    """(stage 2's replay share, whether the spec's mixture gives stage 2 a target) of a run's spec."""
+    from synth.spec import load_spec
+
+    spec_path = run_dir / "spec.yaml"
+    corpus_cfg = load_spec(spec_path).stages.corpus if spec_path.is_file() else None
+    if corpus_cfg is None:
+        return 0.0, False
+    return corpus_cfg.stage2.replay_share, corpus_cfg.stage2.target_share > 0
+
+
+def _megatron_lm_files(
+    blends: dict[str, BlendFile], heldout: HeldOut | None, name_prefix: str
+) -> dict[str, str]:
+    """Megatron-LM data-argument files next to every blend, and the held-out list (name -> text)."""
+    import json
+
+    files: dict[str, str] = {}
+    for name, blend in blends.items():
+        try:
+            files[data_args_name(name)] = data_args_text(blend)
+            files[per_split_data_args_name(name)] = json.dumps(per_split_data_args(blend), indent=2) + "\n"
+        except ValueError as err:  # a prefix with whitespace: Megatron-LM could not read it back
+            print(f"tokenize: no Megatron-LM data-args file for {name}: {err}", file=sys.stderr)
+    if heldout is not None:
+        files[name_prefix + HELDOUT_FILE] = heldout.model_dump_json(indent=1) + "\n"
+    return files
 
 
 def _read_schema(path: Path, text_column: str) -> pa.Schema:
@@ -443,8 +554,9 @@ def _read_schema(path: Path, text_column: str) -> pa.Schema:
 
 def _run_sources(run_id: str, output_dir: str) -> tuple[list[Path], dict[str, float], str | None]:
     """A run's committed corpus shards, its kind weights and its spec's tokenizer path."""
+    from synth.layout import validate_run_id
     from synth.shards import ShardStore
-    from synth.spec import load_spec, validate_run_id
+    from synth.spec import load_spec
 
     run_dir = Path(output_dir) / validate_run_id(run_id)
     if not run_dir.is_dir():
@@ -480,15 +592,26 @@ def tokenize_command(
     out: str | None = None,
     output_dir: str = "runs",
     workers: int | None = None,
+    heldout_fraction: float = DEFAULT_FRACTION,
 ) -> int:
-    """``agentcpt tokenize``: a run's corpus (split per CPT stage and kind) or a Parquet glob to megatron."""
+    """``agentcpt tokenize``: a run's corpus (split per CPT stage, kind and held-out source) or a Parquet glob.
+
+    For a run, about ``heldout_fraction`` of each kind's source groups are held out
+    (`pretrain.lineage`); 0 holds nothing out.
+    """
     if (run_id is None) == (input is None):
         raise UsageError("tokenize: give either RUN_ID or --input GLOB")
     weights: dict[str, float] = {}
     spec_tokenizer: str | None = None
+    heldout: HeldOut | None = None
+    replay_share, wants_stage2 = 0.0, False
     if run_id is not None:
         files, weights, spec_tokenizer = _run_sources(run_id, output_dir)
+        replay_share, wants_stage2 = _run_replay_share(Path(output_dir) / run_id)
         out = out or str(Path(output_dir) / run_id / "megatron") + "/"
+        if heldout_fraction > 0:
+            texts, lineage = read_run(Path(output_dir) / run_id)
+            heldout = split_by_lineage(texts, lineage, heldout_fraction)
     else:
         assert input is not None
         files = _glob_sources(input)
@@ -501,7 +624,22 @@ def tokenize_command(
         f"tokenize: {len(files)} file(s) with {tok.path} (EOD {tok.eod_token!r}={tok.eod_id}, {np.dtype(tok.dtype).name})",
         file=sys.stderr,
     )
-    result = tokenize_files(files, tok, out, text_column=text_column, kind_weights=weights, workers=workers)
+    result = tokenize_files(
+        files, tok, out, text_column=text_column, kind_weights=weights, workers=workers, heldout=heldout,
+        replay_share=replay_share,
+    )  # fmt: skip
+    if wants_stage2 and not any(d.cpt_stage == 2 and d.split == "train" for d in result.datasets):
+        print(
+            "tokenize: warning: the corpus has no CPT stage 2 texts, so no blend_cpt2.json was written "
+            "(agentcpt stats shows what stage 2 is missing)",
+            file=sys.stderr,
+        )
+    if heldout is not None:
+        print(
+            f"tokenize: held out {result.heldout_documents:,} texts of unseen sources "
+            f"(~{heldout.fraction:.0%} of each kind's source groups; see {HELDOUT_FILE})",
+            file=sys.stderr,
+        )
     for d in result.datasets:
         print(f"{d.prefix}  {d.documents:,} docs  {d.tokens:,} tokens")
     for b in result.blend_files:

@@ -417,8 +417,9 @@ def match_answers(predicted: str, gold: str, rel_tol: float = 1e-6) -> AnswerMat
 _NUMBER_IN_TEXT_RE = re.compile(
     r"[$€£¥₹]?\s?-?\d(?:[\d,]*\d)?(?:\.\d+)?(?:\s?(?:thousand|million|billion|trillion|bn|k)\b)?\s?%?", re.I
 )
-# "the answer is X." / "Final answer: X" inside a reasoning text.
-_STATED_ANSWER_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:|=)\s*(.+?)(?:\.(?!\d)|\n|$)", re.I)
+# "the answer is X." / "Final answer: X" inside a reasoning text. The answer ends at a period
+# followed by a space or the end (so "2.41 million" and "https://a.example/b" stay whole).
+_STATED_ANSWER_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:|=)\s*(.+?)(?:\.(?=\s|$)|\n|$)", re.I)
 
 
 def mentions_answer(text: str, answer: str) -> bool:
@@ -456,3 +457,154 @@ def answer_consistent(reasoning: str, final_answer: str) -> bool:
             or match_answers(final_answer, stated).verdict == "match"
         )
     return mentions_answer(reasoning, final_answer)
+
+
+# ---------------------------------------------------------------------------
+# Numbers inside running text, by value (validators of memory and questions)
+# ---------------------------------------------------------------------------
+
+# A number in running text with what changes its value: a currency sign, thousands
+# separators, a decimal part, a scale word ("38.2 million") and a percent sign or word.
+_VALUE_IN_TEXT_RE = re.compile(
+    r"(?<![\w.])[$€£¥₹]?\s?\d(?:[\d,]*\d)?(?:\.\d+)?"
+    r"(?:\s?(?:thousand|million|billion|trillion|bn|mn|k)\b)?(?:\s?(?:%|per\s?cent\b|percent\b))?",
+    re.I,
+)
+_DIGITS_RE = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def values_in(text: str) -> list[tuple[str, float]]:
+    """Every number written in ``text`` with its value: ``"38.2 million"`` -> 38200000.0,
+    ``"38,200,000"`` -> 38200000.0, ``"12%"`` -> 12.0. Signs are dropped (a hyphen in
+    "2019-2024" is not a minus); numbers that do not parse alone ("1,5") are left out."""
+    out: list[tuple[str, float]] = []
+    for m in _VALUE_IN_TEXT_RE.finditer(text):
+        raw = m.group(0).strip()
+        q = parse_quantity(raw)
+        if q is not None:
+            out.append((raw, abs(q.value)))
+    return out
+
+
+def _value_variants(raw: str, value: float) -> set[float]:
+    """The values a written number may stand for: itself, its digits without the scale word
+    ("38.2 million" is also 38.2), and a percentage as a fraction ("12%" is also 0.12)."""
+    variants = {value}
+    digits = re.sub(r"[^\d.]", "", raw.replace(",", ""))
+    if digits and digits != ".":
+        try:
+            variants.add(float(digits))
+        except ValueError:
+            pass
+    if "%" in raw or "cent" in raw.lower():
+        variants.add(value / 100)
+    return variants
+
+
+def number_in_values(value: float, values: set[float], rel_tol: float = 1e-9) -> bool:
+    return any(math.isclose(value, v, rel_tol=rel_tol, abs_tol=1e-12) for v in values)
+
+
+def source_values(source: str) -> set[float]:
+    """Every value the numbers of ``source`` may stand for (see ``_value_variants``)."""
+    out: set[float] = set()
+    for raw, value in values_in(source):
+        out |= _value_variants(raw, value)
+    return out
+
+
+def _digits(raw: str) -> str:
+    return re.sub(r"[^\d]", "", raw)
+
+
+def ungrounded_numbers(text: str, source: str) -> list[str]:
+    """The numbers written in ``text`` that ``source`` does not state, compared by value across
+    formats and scale words ("38.2 million" = "38,200,000" = "38200000"; "4.5%" = "0.045"),
+    so that "45%" is not "4.5%".
+
+    Only a number that does not parse as one value on either side ("2,41", a decimal comma;
+    "A320" inside a word) falls back to comparing digits.
+    """
+    known = source_values(source)
+    loose: set[str] = set()  # digits of the source's numbers that have no value of their own
+    spans: list[tuple[int, int]] = []
+    for m in _VALUE_IN_TEXT_RE.finditer(source):
+        spans.append(m.span())
+        if parse_quantity(m.group(0).strip()) is None:
+            loose |= {_digits(d) for d in _DIGITS_RE.findall(m.group(0))}
+    loose |= {_digits(m.group(0)) for m in _DIGITS_RE.finditer(source) if not any(a <= m.start() < b for a, b in spans)}
+    all_digits = {_digits(d) for d in _DIGITS_RE.findall(source)}
+
+    missing: list[str] = []
+    covered: list[tuple[int, int]] = []
+    for m in _VALUE_IN_TEXT_RE.finditer(text):
+        raw = m.group(0).strip()
+        covered.append(m.span())
+        q = parse_quantity(raw)
+        if q is not None:
+            value = abs(q.value)
+            percent = "%" in raw or "cent" in raw.lower()
+            if number_in_values(value, known) or (percent and number_in_values(value / 100, known)):
+                continue
+            if _digits(raw) in loose:
+                continue
+        elif {_digits(d) for d in _DIGITS_RE.findall(raw)} <= all_digits:
+            continue
+        missing.append(raw)
+    # Digits the value pattern skipped (inside words like "A320"): compared as digits.
+    for m in _DIGITS_RE.finditer(text):
+        if not any(a <= m.start() < b for a, b in covered) and _digits(m.group(0)) not in all_digits:
+            missing.append(m.group(0))
+    return missing
+
+
+# ---------------------------------------------------------------------------
+# Consistency of a reasoning text with its final answer (reasoning's second filter)
+# ---------------------------------------------------------------------------
+
+ConsistencyVerdict = Literal["consistent", "inconsistent", "inconclusive"]
+_STOPWORDS = frozenset(
+    "a an the of in on at to for by from with and or but is are was were be been it its this that these those "
+    "as so than then there their they he she his her which who whom what when where how about into over per "
+    "according answer final".split()
+)
+# Share of the final answer's content words the stated answer (or the reasoning) must hold
+# for a paraphrase to count as the same answer without asking the judge.
+MIN_CONTENT_COVERAGE = 0.6
+
+
+def _content_words(text: str) -> set[str]:
+    words = normalize_answer(text).split()
+    return {w for w in words if w not in _STOPWORDS and (len(w) > 2 or w[:1].isdigit())}
+
+
+def content_coverage(answer: str, text: str) -> float:
+    """Share of ``answer``'s content words that ``text`` holds (1.0 for an answer without any)."""
+    words = _content_words(answer)
+    if not words:
+        return 1.0
+    return len(words & _content_words(text)) / len(words)
+
+
+def check_consistency(reasoning: str, final_answer: str) -> ConsistencyVerdict:
+    """Whether a reasoning text arrives at ``final_answer``, without a model.
+
+    ``consistent``: the answer the text states (or, when it states none, the text itself)
+    names the final answer as normalized text or as the same number, or paraphrases it
+    (its numbers all present, most of its content words shared). ``inconsistent``: it
+    states a different number or date. Anything else is ``inconclusive`` (ask the judge).
+    """
+    stated = stated_answer(reasoning)
+    target = stated if stated is not None else reasoning
+    if mentions_answer(target, final_answer) or (stated is not None and mentions_answer(final_answer, stated)):
+        return "consistent"
+    if stated is not None:
+        verdict = match_answers(final_answer, stated)
+        if verdict.verdict == "match":
+            return "consistent"
+        if verdict.verdict == "mismatch":
+            return "inconsistent"
+    numbers_present = not ungrounded_numbers(final_answer, target)
+    if numbers_present and content_coverage(final_answer, target) >= MIN_CONTENT_COVERAGE:
+        return "consistent"
+    return "inconclusive"

@@ -31,6 +31,7 @@ from synth.records import FAILURE_SCHEMA, RECORD_TYPES
 from synth.runstate import LLMUsage, RunDir, RunStatus
 from synth.shards import ShardStore
 from synth.stages import get_stage, stage_names
+from synth.stages.corpus import CorpusSummaryRow, MixtureReport, mixture_report
 
 
 class StageStats(BaseModel):
@@ -62,6 +63,9 @@ class RunStats(BaseModel):
     failures_by_kind: dict[str, dict[str, int]] = Field(default_factory=dict, description="stage -> error kind -> count")
     corpus_tokens: list[dict[str, int | str]] = Field(default_factory=list, description="tokens per kind and CPT stage")
     llm: dict[str, LLMUsage] = Field(default_factory=dict)
+    cpt_mixture: MixtureReport | None = Field(
+        None, description="tokens per CPT stage and kind against the spec's target shares, with warnings"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -208,9 +212,24 @@ def run_stats(run_dir: str | Path) -> RunStats:
         failures_by_kind=failures,
         corpus_tokens=corpus_tokens,
         llm={k: v.llm for k, v in progress.stages.items()},
+        cpt_mixture=_cpt_mixture(run_dir, corpus_tokens),
     )
     con.close()
     return stats
+
+
+def _cpt_mixture(run_dir: Path, corpus_tokens: list[dict[str, int | str]]) -> MixtureReport | None:
+    """The corpus mixture against the run spec's targets (None without a corpus stage)."""
+    from synth.spec import load_spec
+
+    layout = RunLayout(run_dir)
+    try:
+        cfg = load_spec(layout.spec).stages.corpus if layout.spec.is_file() else None
+    except SpecError:  # a spec an older version wrote
+        cfg = None
+    if cfg is None:
+        return None
+    return mixture_report([CorpusSummaryRow.model_validate(row) for row in corpus_tokens], cfg)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -267,6 +286,17 @@ def print_stats(run_dir: str | Path, file=None) -> RunStats:
         for row in stats.corpus_tokens:
             ct.add_row(str(row["kind"]), str(row["cpt_stage"]), str(row["records"]), str(row["tokens"]))
         console.print(ct)
+    if stats.cpt_mixture is not None and stats.cpt_mixture.total_tokens:
+        mt = Table(title="corpus: CPT stages against their target shares")
+        for col in ("cpt_stage", "tokens", "share %", "target %", "replay %", "tokens per kind"):
+            mt.add_column(col)
+        for st in stats.cpt_mixture.stages:
+            kinds = ", ".join(f"{k} {v}" for k, v in st.kinds.items())
+            mt.add_row(str(st.cpt_stage), str(st.tokens), f"{100 * st.share:.1f}", f"{100 * st.target_share:.1f}",
+                       f"{100 * st.replay_share:.0f}", kinds)  # fmt: skip
+        console.print(mt)
+        for warning in stats.cpt_mixture.warnings:
+            console.print(f"warning: {warning}")
     if stats.failures_by_kind:
         ft = Table(title="failed ledger by kind")
         for col in ("stage", "error kind", "rows"):
@@ -275,7 +305,38 @@ def print_stats(run_dir: str | Path, file=None) -> RunStats:
             for kind, n in kinds.items():
                 ft.add_row(stage, kind, str(n))
         console.print(ft)
+    for line in truncation_hints(Path(run_dir)):
+        console.print(line)
     return stats
+
+
+def truncation_hints(run_dir: Path) -> list[str]:
+    """One line per stage whose replies were cut by the token cap, naming the setting to raise."""
+    from synth.spec import load_spec, truncation_advice
+
+    layout = RunLayout(run_dir)
+    if not layout.spec.exists():
+        return []
+    con = connect_run(run_dir)
+    try:
+        cut = {
+            stage: [m for (m,) in con.execute(
+                f"SELECT message FROM \"{stage}_failed\" WHERE error_kind = 'truncated'"
+            ).fetchall()]
+            for stage in stage_names()
+        }  # fmt: skip
+    finally:
+        con.close()
+    try:
+        spec = load_spec(layout.spec)
+    except SpecError:  # a spec an older version wrote: say what, if not which setting
+        spec = None
+    return [
+        f"{stage}: {len(messages)} replies cut by the token cap (truncated): "
+        + (truncation_advice(spec, stage, messages) if spec is not None else "raise the stage's completion cap")
+        for stage, messages in cut.items()
+        if messages
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -299,7 +360,11 @@ def stats_command(
     try:
         rel = con.sql(sql)
     except duckdb.Error as err:
-        raise SpecError("--sql", str(err).splitlines()[0]) from None
+        message = str(err).splitlines()[0]
+        if isinstance(err, duckdb.CatalogException):  # e.g. a misspelt view: say which there are
+            views = sorted({name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()})
+            message += f"; the views are: {', '.join(views)}"
+        raise SpecError("--sql", message) from None
     if rel is None:
         return 0
     rel.show(max_width=200, max_rows=200)

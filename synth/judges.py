@@ -77,3 +77,67 @@ class AnswerVerdict(BaseModel):
             if data.get("rationale") is None:
                 data["rationale"] = ""
         return data
+
+
+# ---------------------------------------------------------------------------
+# The rubric judge: long-form (report) answers, graded point by point
+# ---------------------------------------------------------------------------
+
+RUBRIC_SYSTEM = """You grade a long answer against a rubric: the key points a good answer states. For each numbered point, say whether the answer states it (in any wording). Also say whether the answer contradicts any point.
+Reply with one JSON object: {"covered": [true or false for each point, in order], "contradiction": true or false}"""
+RUBRIC_USER = """Question: {question}
+Rubric:
+{points}
+Answer to grade: {answer}"""
+# One example: a report that covers two of three points and contradicts none. About a place
+# no document mentions, so the judge learns no fact from it.
+RUBRIC_EXAMPLE: tuple[str, tuple[str, ...], str, str] = (
+    "Write a short report on the Osk ferry terminal.",
+    (
+        "The Osk ferry terminal reopened on 4 March 2024.",
+        "The rebuild took two years.",
+        "The rebuild cost 14 million euros.",
+    ),
+    "After a two-year rebuild, the Osk ferry terminal opened again in March 2024.",
+    '{"covered": [true, true, false], "contradiction": false}',
+)
+
+
+def _points(points: tuple[str, ...] | list[str]) -> str:
+    return "\n".join(f"{i}. {p}" for i, p in enumerate(points, 1))
+
+
+def build_rubric_messages(question: str, points: list[str], answer: str) -> list[Message]:
+    """The rubric judge: one example, then the question, the rubric points and the answer."""
+    ex_question, ex_points, ex_answer, ex_reply = RUBRIC_EXAMPLE
+    return [
+        {"role": "system", "content": RUBRIC_SYSTEM},
+        {"role": "user", "content": RUBRIC_USER.format(question=ex_question, points=_points(ex_points), answer=ex_answer)},
+        {"role": "assistant", "content": ex_reply},
+        {"role": "user", "content": RUBRIC_USER.format(question=question, points=_points(points), answer=_clip(answer, 4000))},
+    ]
+
+
+class RubricVerdict(BaseModel):
+    """The rubric judge's reply: which points the answer states, and whether it contradicts one."""
+
+    model_config = ConfigDict(extra="ignore")
+    covered: list[bool] = Field(description="one entry per rubric point, in order")
+    contradiction: bool = Field(False, description="the answer contradicts a point")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            _take_alias(data, "covered", ("points", "verdicts", "stated"))
+            points = data.get("covered")
+            if isinstance(points, list):  # [{"n": 1, "covered": true}, ...]
+                data["covered"] = [p.get("covered", p.get("stated")) if isinstance(p, dict) else p for p in points]
+            if data.get("contradiction") is None:
+                data["contradiction"] = False
+        return data
+
+    def coverage(self, n_points: int) -> float:
+        """Share of the ``n_points`` points covered (a point the judge left out counts as not covered)."""
+        return sum(1 for c in self.covered[:n_points] if c) / n_points if n_points else 0.0

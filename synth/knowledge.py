@@ -106,15 +106,21 @@ def statements_for_questions(
     return [index.get(ids) for ids in knowledge_ids]
 
 
-def format_statements(records: Sequence[MemoryRecord], max_statements: int, max_chars: int = 300) -> str:
-    """Statements as a bulleted prompt block: the first ``max_statements``, each cut to ``max_chars``.
+def evidence_line(statement: str, time: str | None, source_url: str | None) -> str:
+    """A statement as the agent would have retrieved it: the fact, when it holds, where it was read.
 
-    Small models have small context windows; a question rarely needs more than a dozen facts.
+    ``"Riverton welcomed 2.41 million visitors. (time: 2024; source: https://visitriverton.example/stats)"``
     """
-    lines = []
-    for rec in records[:max_statements]:
-        text = " ".join(rec.statement.split())
-        if len(text) > max_chars:
-            text = text[: max_chars - 1].rstrip() + "…"
-        lines.append(f"- {text}")
+    text = " ".join(statement.split())
+    meta = [f"time: {time}" if time and time not in text else None, f"source: {source_url}" if source_url else None]
+    meta_text = "; ".join(m for m in meta if m)
+    return f"{text} ({meta_text})" if meta_text else text
+
+
+def format_statements(records: Sequence[MemoryRecord], max_statements: int) -> str:
+    """Statements as a bulleted prompt block, each with its time and source URL: the first
+    ``max_statements`` (a question rarely needs more than a dozen facts; small models have
+    small context windows). Statements are whole (memory caps them at 500 characters): a
+    fact cut in half is a different fact."""
+    lines = [f"- {evidence_line(r.statement, r.time, r.source_url)}" for r in records[:max_statements]]
     return "\n".join(lines) if lines else "(none)"

@@ -13,12 +13,14 @@
     runs/<run_id>/manifest.d/<stage>/part-<unit>.json   commit entries (the commit point)
     runs/<run_id>/manifest.parquet                compacted manifest
     runs/<run_id>/plan/<stage>.json               a barrier stage's unit plan
-    runs/<run_id>/cache/llm/                      the LLM request cache
+    runs/<run_id>/cache/llm/                      the LLM request cache (segment files)
+    runs/<run_id>/signatures/<stage>/part-<unit>.parquet   MinHash side file of a unit (dedup)
     runs/<run_id>/workers.jsonl                   worker registry (fencing)
     runs/<run_id>/driver.log                      the driver's log (API-launched runs)
     runs/<run_id>/catalog.duckdb, quality.json, README.md (dataset card)
     runs/<run_id>/megatron/                       tokenize output (.bin/.idx, blend_cptN.json)
     runs/<run_id>/cpt-smoke/                      make cpt-smoke output
+    runs/<run_id>/cpt/<stage>/metrics.jsonl       a CPT run's log, when its checkpoint.dir is runs/<run_id>/cpt
 """
 
 from __future__ import annotations
@@ -128,6 +130,10 @@ class RunLayout:
     def llm_cache(self) -> Path:
         return self.root / "cache" / "llm"
 
+    def signatures(self, stage: str, unit: str) -> Path:
+        """A unit's MinHash side file (``synth.dedup``): written before the unit commits."""
+        return self.root / "signatures" / stage / f"part-{unit}.parquet"
+
     # -- products ------------------------------------------------------------------
     @property
     def catalog(self) -> Path:
@@ -151,6 +157,16 @@ class RunLayout:
     @property
     def cpt_smoke(self) -> Path:
         return self.root / "cpt-smoke"
+
+    @property
+    def cpt(self) -> Path:
+        """Where a CPT config may put its ``checkpoint.dir`` so the dashboard shows its curves."""
+        return self.root / "cpt"
+
+    def cpt_metrics(self) -> list[Path]:
+        """The trainer's ``<checkpoint.dir>/<stage>/metrics.jsonl`` of every CPT stage trained into
+        this run's folder (``cpt-smoke/`` or ``cpt/``), in path order."""
+        return sorted(p for d in (self.cpt_smoke, self.cpt) for p in d.glob("*/metrics.jsonl"))
 
     def is_run(self) -> bool:
         """Whether the folder holds a run (a spec, a status or committed units)."""

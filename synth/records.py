@@ -60,24 +60,49 @@ class TrajectoryStep(BaseModel):
     thought: str = ""
     action: ToolAction | None = None
     observation: str | None = None
+    # What the tool read before it answered, when that differs from the observation (a
+    # summarizing `visit` keeps the raw page here); never part of a CPT text.
+    raw: str | None = None
 
 
 STEP_ARROW = pa.struct(
-    [("thought", pa.string()), ("action", TOOL_ACTION_ARROW), ("observation", pa.string())]
+    [("thought", pa.string()), ("action", TOOL_ACTION_ARROW), ("observation", pa.string()), ("raw", pa.string())]
 )
 
 
+OptionSource = Literal["original", "llm", "earlier_step", "template"]
+
+
 class DecisionStep(BaseModel):
-    """One HAS step: N+1 rendered options, the index of the original one, the real observation."""
+    """One HAS step: N+1 rendered options, the index of the original one, the real observation.
+
+    ``sources[i]`` says where option i came from (the trajectory, the LLM, or a fill). When the
+    original thought was condensed to the alternatives' length band, ``options[chosen]`` shows
+    the condensed thought and ``original_thought`` keeps the trajectory's own.
+    """
 
     model_config = ConfigDict(extra="forbid")
     options: list[str]
     chosen: int
     observation: str | None = None
+    sources: list[OptionSource] = Field(default_factory=list)
+    original_thought: str | None = None
+    condensed: Literal["llm", "cut"] | None = None
 
+
+# A count per kind. Not an Arrow map: ``datasets`` (and the Hub's viewer) have no map
+# feature type, and a rollouts shard is the artefact people most want to load there.
+MALFORMED_COUNT_ARROW = pa.struct([("kind", pa.string()), ("count", pa.int64())])
 
 DECISION_STEP_ARROW = pa.struct(
-    [("options", pa.list_(pa.string())), ("chosen", pa.int32()), ("observation", pa.string())]
+    [
+        ("options", pa.list_(pa.string())),
+        ("chosen", pa.int32()),
+        ("observation", pa.string()),
+        ("sources", pa.list_(pa.string())),
+        ("original_thought", pa.string()),
+        ("condensed", pa.string()),
+    ]
 )
 
 
@@ -148,15 +173,21 @@ class DocumentRecord(Record):
         pa.field("source_type", pa.string()),
         pa.field("n_chars", pa.int64()),
         pa.field("language", pa.string()),
+        pa.field("title_candidates", pa.list_(pa.string())),
     ]
     stage: Literal["documents"] = "documents"
     url: str
     title: str | None = None
     date: str | None = None
     text: str
-    source_type: str = Field("web", description="web | warc | jsonl | tool_response | trajectory_observation")
+    source_type: str = Field(
+        "web", description="web | warc | jsonl | tool_response | trajectory_observation | knowledge_graph"
+    )
     n_chars: int
     language: str | None = None
+    title_candidates: list[str] = Field(
+        default_factory=list, description="the page's title candidates, best first (synth.ingest.titles)"
+    )
 
 
 class MemoryRecord(Record):
@@ -167,6 +198,7 @@ class MemoryRecord(Record):
         pa.field("doc_id", pa.string()),
         pa.field("source_url", pa.string()),
         pa.field("time", pa.string()),
+        pa.field("verified_by", pa.string()),
     ]
     stage: Literal["memory"] = "memory"
     entity: str
@@ -174,9 +206,14 @@ class MemoryRecord(Record):
     doc_id: str
     source_url: str | None = None
     time: str | None = None
+    verified_by: str | None = Field(
+        None,
+        description="how support by the source was checked: judge (entailment call), triple (a "
+        "knowledge-graph fact); null = not checked",
+    )
 
 
-QuestionStyle = Literal["factual", "numerical", "multi_hop", "synthesis", "navigation"]
+QuestionStyle = Literal["factual", "numerical", "multi_hop", "synthesis", "navigation", "report", "choice"]
 
 
 class QuestionRecord(Record):
@@ -187,6 +224,7 @@ class QuestionRecord(Record):
         pa.field("answer", pa.string()),
         pa.field("entities", pa.list_(pa.string())),
         pa.field("knowledge_ids", pa.list_(pa.string())),
+        pa.field("calculation", pa.string()),
     ]
     stage: Literal["questions"] = "questions"
     style: QuestionStyle
@@ -194,6 +232,9 @@ class QuestionRecord(Record):
     answer: str
     entities: list[str]
     knowledge_ids: list[str]
+    calculation: str | None = Field(
+        None, description="the Python expression the numerical answer was recomputed with (synth.calculation)"
+    )
 
 
 PlanningReason = Literal[
@@ -256,12 +297,13 @@ class ReasoningRecord(Record):
     step2: str
     final_answer: str
     correct: bool
-    decided_by: str | None = Field(None, description="exact | numeric | judge")
+    decided_by: str | None = Field(None, description="exact | numeric | judge | rubric")
     reject_reason: str | None = None
     text: str | None = None
 
 
 Outcome = Literal["correct", "incorrect", "unknown"]
+JudgedBy = Literal["label", "exact", "numeric", "mention", "judge", "evidence"]
 
 
 class RolloutRecord(Record):
@@ -276,7 +318,8 @@ class RolloutRecord(Record):
         pa.field("source", pa.string()),
         pa.field("n_tokens", pa.int64()),
         pa.field("text", pa.string()),
-        pa.field("malformed", pa.map_(pa.string(), pa.int64())),
+        pa.field("malformed", pa.list_(MALFORMED_COUNT_ARROW)),
+        pa.field("judged_by", pa.string()),
     ]
     stage: Literal["rollouts"] = "rollouts"
     question_id: str | None = None
@@ -291,21 +334,30 @@ class RolloutRecord(Record):
     malformed: dict[str, int] = Field(
         default_factory=dict, description="malformed agent replies by kind (bad_json, unknown_tool, ...)"
     )
+    judged_by: JudgedBy | None = Field(
+        None,
+        description="what decided the outcome: the file's label, exact/numeric match, a gold mention, the "
+        "judge against the gold answer, or the judge against the trajectory's evidence (no gold)",
+    )
 
     def to_row(self) -> dict[str, Any]:
         row = super().to_row()
         row["steps"] = [
-            {"thought": s.thought, "action": _action_to_arrow(s.action), "observation": s.observation}
+            {"thought": s.thought, "action": _action_to_arrow(s.action), "observation": s.observation, "raw": s.raw}
             for s in self.steps
         ]
+        row["malformed"] = [{"kind": k, "count": n} for k, n in sorted(self.malformed.items())]
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Record:
         steps = [{**s, "action": _action_from_arrow(s.get("action"))} for s in row.get("steps") or []]
-        malformed = row.get("malformed") or {}
-        if isinstance(malformed, list):  # Arrow maps read back as (key, value) pairs
-            malformed = dict(malformed)
+        malformed: dict[str, int] = {}
+        for entry in row.get("malformed") or []:
+            # {kind, count} structs; shards written before the change hold an Arrow map,
+            # which reads back as (key, value) pairs.
+            kind, count = (entry["kind"], entry["count"]) if isinstance(entry, dict) else entry
+            malformed[kind] = malformed.get(kind, 0) + count
         return cls.model_validate({**row, "steps": steps, "malformed": malformed})
 
 
@@ -318,6 +370,9 @@ class DecisionRecord(Record):
         pa.field("n_tokens", pa.int64()),
         pa.field("text", pa.string()),
         pa.field("filled_options", pa.int64()),
+        pa.field("question", pa.string()),
+        pa.field("filled_share", pa.float64()),
+        pa.field("flag", pa.string()),
     ]
     stage: Literal["decisions"] = "decisions"
     trajectory_id: str
@@ -325,7 +380,12 @@ class DecisionRecord(Record):
     outcome: Outcome
     n_tokens: int | None = None
     text: str
-    filled_options: int = Field(0, description="alternatives not proposed by the LLM (taken from other steps or templates)")
+    filled_options: int = Field(0, description="alternatives not proposed by the LLM (earlier steps' calls or templates)")
+    question: str | None = None
+    filled_share: float = Field(0.0, description="filled_options / all alternatives of the record")
+    flag: str | None = Field(
+        None, description="why the record stays out of the corpus (e.g. too many filled options); null = eligible"
+    )
 
 
 CorpusKind = Literal["planning", "reasoning", "rollout", "decision", "knowledge"]

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
         None, description="Ray cluster for runs submitted by the API (Jobs API URL, e.g. http://ray-head:8265); null = local"
     )
 
+    ray_include_dashboard: bool = Field(
+        False,
+        description="start the Ray dashboard (and its metrics agent) with a local Ray instance; off by "
+        "default: it costs a few hundred MB and a core on a laptop",
+    )
+
     @property
     def models_path(self) -> Path:
         return (self.model_dir or self.data_dir / "models").resolve()

@@ -193,6 +193,11 @@ def atomic_write_bytes(
 
 def table_to_parquet_bytes(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
+    if table.num_rows == 0:
+        # No row group at all, not one of 0 rows: `datasets` (and the Hub viewer) take the
+        # first row group's size as their batch size, and 0 fails the whole config.
+        pq.ParquetWriter(sink, table.schema, compression="zstd").close()
+        return sink.getvalue()
     pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return sink.getvalue()
 

@@ -135,6 +135,23 @@ class RunSpec(BaseModel):
             raise ValueError("must not be blank")
         return v
 
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_is_a_filesystem(cls, v: str) -> str:
+        # Inputs may be remote (synth.inputs), outputs not: a unit commits by renaming its
+        # manifest entry into place and fsyncing the directory, the request cache appends to
+        # open files, and resume lists directories — none of which an object store offers
+        # (issue 19). A bucket mounted as a filesystem (FUSE, NFS gateway) is a path and works.
+        from synth.inputs import is_remote
+
+        if is_remote(v):
+            raise ValueError(
+                f"{v!r} is an object-store URL; output_dir must be a local or mounted filesystem path "
+                "(commits rely on atomic rename, directory fsync and appends, which object stores lack): "
+                "write to a local or network filesystem and copy the run to the bucket afterwards"
+            )
+        return v
+
     @property
     def effective_judge_llm(self) -> LLMConfig:
         return self.judge_llm or self.llm

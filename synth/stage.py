@@ -70,14 +70,14 @@ class StageContext:
 
     def scoped_to(self, stage: Stage[Any, Any]) -> StageContext:
         """This context with ``read_stage`` limited to the stages ``stage`` declares."""
-        allowed = frozenset(stage.upstream)
+        allowed = frozenset((*stage.upstream, *stage.reads))
         reader = self.read_stage
 
         def read_declared(name: str) -> list[Record]:
             if name not in allowed:
                 raise UndeclaredReadError(
                     f"stage {stage.name!r} read stage {name!r}, which it does not declare in upstream "
-                    f"{tuple(sorted(allowed))}"
+                    f"or reads {tuple(sorted(allowed))}"
                 )
             return reader(name)
 
@@ -142,6 +142,10 @@ class Stage(ABC, Generic[ConfigT, ItemT]):
     config_type: ClassVar[type[BaseModel]]
     record_type: ClassVar[type[Record]]
     upstream: ClassVar[tuple[str, ...]] = ()
+    # Stages a map stage reads besides its unit source (``upstream``, exactly one): planning's
+    # judge and reasoning's step 2 read the memory statements their questions cite. They must
+    # be complete before the map stage's first unit (memory is, being upstream of questions).
+    reads: ClassVar[tuple[str, ...]] = ()
     barrier: ClassVar[bool] = False
     # False for stages that never call a model (e.g. documents): a run of only such
     # stages starts no LLM endpoint.

@@ -19,7 +19,11 @@ string so that it works across processes (the child gets the parent's ``sys.path
 function in a test module works too). It receives the request body (a dict) and
 returns the reply text (a ``str``) or a JSON-able object (sent as its JSON text). The default,
 ``schema_responder``, returns a valid instance of the request's ``response_format``
-JSON schema, deterministic for the same messages, or a short deterministic text.
+JSON schema, deterministic for the same messages, or a short deterministic text; asked for a
+length ("Each thought is between 40 and 120 words long.") it follows it, drawing its words on
+the prompt (``ContextHints``). ``agent_responder`` adds a research agent for ReAct turns
+(search, visit, answer when told to) and ``research_responder`` puts it together with
+``testing.pipeline_responder``'s grounded memory and questions: a whole long-horizon run.
 
 Faults are chosen per request, first match wins:
 

@@ -57,7 +57,7 @@ def ray_cluster() -> Iterator[Any]:
 @pytest.fixture
 def fake_llm() -> Iterator[Any]:
     """A ``FakeOpenAIServer`` (no latency, schema responder) in a child process."""
-    from synth.llm.fake_server import FakeOpenAIServer, FakeServerConfig
+    from testing.fake_llm_server import FakeOpenAIServer, FakeServerConfig
 
     with FakeOpenAIServer(FakeServerConfig()) as server:
         yield server

@@ -30,6 +30,7 @@ async def healthz() -> HealthPublic:
             "description": "Prometheus text format",
         },
         401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+        429: {"model": ErrorBody, "description": "too many failed authentication attempts (see Retry-After)"},
     },
 )
 def metrics(ctx: ContextDep) -> Response:

@@ -27,9 +27,10 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         401: "missing or wrong bearer token",
         404: "no such run",
-        409: "the run is in a state that does not allow this",
         413: "request body too large",
+        409: "the run is in a state that does not allow this, or a shard failed its sha256 check",
         422: "invalid input; `error.field` names the field",
+        429: "too many failed authentication attempts from this address (see Retry-After)",
         503: "the run's Ray cluster cannot be reached now",
     }
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
@@ -39,7 +40,7 @@ router = APIRouter(
     prefix="/v1/runs",
     tags=["runs"],
     dependencies=[Depends(require_token), Depends(reject_unknown_query)],
-    responses=_errors(401, 422),
+    responses=_errors(401, 422, 429),
 )
 
 CREATE_BODY = {
@@ -61,7 +62,7 @@ CREATE_BODY = {
     status_code=201,
     summary="Submit a run",
     openapi_extra=CREATE_BODY,
-    responses=_errors(413, 422),
+    responses=_errors(413, 422, 503),
 )
 def create_run(runs: RunServiceDep, spec: SpecBody) -> RunPublic:
     """Validate the spec (paths confined to the data dir), create the run directory, start its driver."""
@@ -116,13 +117,15 @@ def get_shards(
 
 
 @router.get(
-    "/{run_id}/stats", summary="Per-stage counts, acceptance rates, tokens", responses=_errors(404, 422)
+    "/{run_id}/stats", summary="Per-stage counts, acceptance rates, tokens", responses=_errors(404, 409, 422)
 )
 def get_stats(runs: RunServiceDep, run_id: RunId) -> RunStatsPublic:
     return read_stats(runs.run_dir(run_id))
 
 
-@router.get("/{run_id}/samples", summary="A page of a stage's records", responses=_errors(404, 422))
+@router.get(
+    "/{run_id}/samples", summary="A page of a stage's records", responses=_errors(404, 409, 422)
+)
 def get_samples(
     runs: RunServiceDep,
     run_id: RunId,

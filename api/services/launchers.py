@@ -5,9 +5,10 @@ One small class per backend behind one interface (``RunLauncher``):
 * ``LocalProcessLauncher`` — a detached ``agentcpt run SPEC --run-id ID`` process in its own
   session (``start_new_session=True``), so killing or restarting the API does not kill it;
   its stdout/stderr go to ``driver.log`` in the run directory.
-* ``RayJobLauncher`` — the same command submitted through the Ray Jobs API when the spec
-  names a cluster (``execution.ray_address``); the driver then runs on the cluster's head.
-  Assumes the data dir is shared between the API and the cluster (one volume in compose).
+* ``RayJobLauncher`` — the same command submitted through the Ray Jobs API of the cluster
+  the operator names (``AGENTCPT_RAY_ADDRESS``; never a spec value); the driver then runs on
+  the cluster's head and joins that cluster (``--ray-address auto``). Assumes the data dir is
+  shared between the API and the cluster (one volume in compose).
 
 A driver is identified by what survives an API restart: pid + process start time (so a
 reused pid is not mistaken for our driver), or the Ray submission id. Both are stored in
@@ -30,6 +31,7 @@ from typing import Any, ClassVar
 
 import psutil
 
+from api.settings import check_ray_address
 from synth.records import utc_now
 
 # Environment variables the driver must not inherit: it has no use for the API's token, and
@@ -70,9 +72,12 @@ class DriverProbe:
     log_tail: str | None = None
 
 
-def driver_command(spec_path: Path, run_id: str, python: str | None = None) -> list[str]:
-    """``agentcpt run SPEC --run-id ID`` through the interpreter running the API (same venv)."""
-    return [python or sys.executable, "-m", "synth.cli", "run", str(spec_path), "--run-id", run_id]
+def driver_command(
+    spec_path: Path, run_id: str, python: str | None = None, ray_address: str | None = None
+) -> list[str]:
+    """``agentcpt run SPEC --run-id ID [--ray-address A]`` through the API's interpreter (same venv)."""
+    cmd = [python or sys.executable, "-m", "agentcpt.cli", "run", str(spec_path), "--run-id", run_id]
+    return cmd + (["--ray-address", ray_address] if ray_address else [])
 
 
 def driver_env(data_dir: Path) -> dict[str, str]:
@@ -200,7 +205,9 @@ class RayJobLauncher(RunLauncher):
     def __init__(
         self, address: str, client_factory: Callable[[str], Any] | None = None, python: str | None = None
     ):
-        self.address = address
+        # Whatever stored it (settings, an old job-store row), an address reaches Ray's client
+        # only if Ray will read it as HTTP: other schemes make it import a module by name.
+        self.address = check_ray_address(address)
         self._client_factory = client_factory or _job_client
         self._python = python
         self._client: Any = None
@@ -221,7 +228,9 @@ class RayJobLauncher(RunLauncher):
 
     def launch(self, req: LaunchRequest) -> DriverHandle:
         job_id = f"agentcpt-{req.run_id}-{req.attempt}-{uuid.uuid4().hex[:6]}"
-        entrypoint = shlex.join(driver_command(req.spec_path, req.run_id, self._python))
+        # The driver runs as a job on the cluster: "auto" joins that cluster (the job's RAY_ADDRESS)
+        # instead of starting a private instance on the head node.
+        entrypoint = shlex.join(driver_command(req.spec_path, req.run_id, self._python, ray_address="auto"))
         env = {"AGENTCPT_DATA_DIR": str(req.data_dir), "PYTHONUNBUFFERED": "1"}
         deadline = time.monotonic() + self.agent_wait_s
         while True:

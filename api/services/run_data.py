@@ -40,7 +40,8 @@ def read_samples(run_dir: Path, stage: str, limit: int, offset: int) -> SamplesP
     Uses the row counts in the manifest to skip whole files, so a page deep into a large
     stage reads only the one or two files it overlaps.
     """
-    files = [r for r in ShardStore(run_dir).manifest_rows(stage) if r.kind == "records"]
+    store = ShardStore(run_dir)
+    files = [r for r in store.manifest_rows(stage) if r.kind == "records"]
     total = sum(r.rows for r in files)
     record_type = RECORD_TYPES[stage]
     schema = record_type.arrow_schema()
@@ -51,7 +52,8 @@ def read_samples(run_dir: Path, stage: str, limit: int, offset: int) -> SamplesP
             break
         end = start + f.rows
         if end > offset:
-            table = pq.read_table(run_dir / f.path, schema=schema)
+            # Verified against the manifest first: a corrupt file is a 409 naming it, not other rows.
+            table = pq.read_table(store.verified_path(f), schema=schema)
             first = max(0, offset - start)
             take = min(limit - len(out), f.rows - first)
             out.extend(record_type.from_row(row) for row in table.slice(first, take).to_pylist())

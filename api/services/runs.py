@@ -14,30 +14,46 @@ Reconciliation happens on read: the state is the run directory's when it is fina
 otherwise the driver is probed (process or Ray job), and a driver that is gone without a
 final state makes the run ``failed`` (``cancelled`` if a cancel was pending), with the tail
 of its log in ``error``.
+
+Runs the API did not start (``agentcpt run``, ``make synth``) are found under the output
+dirs (``api.services.discovery``) and kept in the store with ``source="cli"``: they are
+listed, read and cancelled like the others, but their directory is the only truth about
+them (the API never writes their status), they cannot be resumed over HTTP (their spec was
+never checked against the data dir and the endpoint list), and they leave the store when
+their directory is deleted. An API run whose directory is deleted reads as ``failed``.
+
+Specs submitted over HTTP are bound to the operator's endpoints and cluster first
+(``api.services.endpoints``), then confined to the data dir (``api.services.specs``).
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db import RunRow
 from api.errors import ApiError, conflict, not_found
 from api.schemas import RunPublic, StageProgressPublic, TokenTotals
-from api.services.launchers import DriverHandle, LaunchRequest, RunLauncher, pid_is_driver
+from api.services.discovery import scan_output_dirs
+from api.services.endpoints import bind_spec
+from api.services.launchers import DriverHandle, DriverProbe, LaunchRequest, RunLauncher, pid_is_driver
 from api.services.specs import confine_spec
-from pipelines.rundirs import write_new_run_dir
+from api.settings import LLMEndpoint
+from pipelines.rundirs import driver_alive, write_new_run_dir
+from pipelines.status import request_cancel
 from synth.layout import RunLayout, new_run_id, validate_run_id
+from synth.llm.config import EMBEDDED
 from synth.records import utc_now
 from synth.runstate import TERMINAL_STATES, RunDir, RunProgress, RunStatus
-from synth.spec import SpecError, parse_spec
+from synth.spec import parse_spec
 from synth.stages import stage_names
 
 _ACTIVE = ("queued", "running")
@@ -64,29 +80,35 @@ class RunService:
         sessions: sessionmaker[Session],
         data_dir: Path,
         launchers: Callable[[str, str | None], RunLauncher],
+        *,
+        endpoints: Sequence[LLMEndpoint] = (LLMEndpoint(base_url=EMBEDDED),),
+        ray_address: str | None = None,
     ) -> None:
-        """``launchers(backend, ray_address)`` returns the launcher for a backend (cached by the caller)."""
+        """``launchers(backend, ray_address)`` returns the launcher for a backend (cached by the caller).
+
+        ``endpoints`` are the LLM endpoints submitted specs may use; ``ray_address`` is the
+        cluster submitted runs go to (None: a local driver process with its own Ray).
+        """
         self.sessions = sessions
         self.data_dir = data_dir.resolve()
         self._launchers = launchers
+        self.endpoints = tuple(endpoints)
+        self.ray_address = ray_address
 
     # -- create ------------------------------------------------------------
     def create(self, spec_data: Any) -> RunView:
-        """Validate and confine the spec, lay out the run directory, launch the driver."""
-        spec = confine_spec(parse_spec(spec_data), self.data_dir)
-        address = spec.execution.ray_address
+        """Bind and confine the spec, lay out the run directory, launch the driver."""
+        spec = confine_spec(bind_spec(parse_spec(spec_data), self.endpoints), self.data_dir)
+        address = self.ray_address
         backend = "ray" if address else "local"
         launcher = self._launchers(backend, address)
         try:
             launcher.check_reachable()
-        except Exception as err:  # any connection error: the address the client gave does not work
-            raise SpecError("execution.ray_address", f"cannot reach the Ray cluster: {err}") from None
+        except Exception as err:  # the operator's cluster is down: nothing the client can fix
+            raise ApiError(503, "backend_unavailable", f"cannot reach the Ray cluster: {err}") from None
         run_id = new_run_id(spec.name)
         layout = RunLayout(Path(spec.output_dir) / run_id)
-        write_new_run_dir(layout, spec)
         run_dir, spec_path = layout.root, layout.spec
-        rd = RunDir(run_dir)
-        rd.write_status(RunStatus(run_id=run_id, name=spec.name, state="queued", ray_address=address))
         row = RunRow(
             run_id=run_id,
             name=spec.name,
@@ -98,10 +120,22 @@ class RunService:
             log_path=str(layout.driver_log),
             ray_address=address,
             attempts=1,
+            source="api",
         )
+        # The row first, then the directory: discovery must never take this run for a CLI run.
         with self.sessions() as s:
             s.add(row)
             s.commit()
+        try:
+            write_new_run_dir(layout, spec)
+            RunDir(run_dir).write_status(
+                RunStatus(run_id=run_id, name=spec.name, state="queued", ray_address=address)
+            )
+        except BaseException:
+            with self.sessions() as s:
+                s.execute(delete(RunRow).where(RunRow.run_id == run_id))
+                s.commit()
+            raise
         self._launch(row, launcher, attempt=1)
         return self._view(row)
 
@@ -135,17 +169,57 @@ class RunService:
             s.commit()
         row.driver_pid, row.driver_started, row.driver_job_id = handle.pid, handle.started, handle.job_id
 
+    # -- discovery -----------------------------------------------------------
+    def output_dirs(self, rows: Sequence[Any] = ()) -> list[Path]:
+        """Where runs are looked for: ``<data_dir>/runs`` and every output dir a known run lives in."""
+        roots = {self.data_dir / "runs"} | {Path(r.run_dir).parent for r in rows}
+        return sorted(roots)
+
+    def discover(self) -> None:
+        """Add runs found on disk that the store does not know (``source="cli"``); drop deleted ones."""
+        with self.sessions() as s:
+            rows = list(s.execute(select(RunRow.run_id, RunRow.run_dir, RunRow.source)))
+        gone = [r.run_id for r in rows if r.source == "cli" and not Path(r.run_dir).is_dir()]
+        if gone:
+            with self.sessions() as s:
+                s.execute(delete(RunRow).where(RunRow.run_id.in_(gone), RunRow.source == "cli"))
+                s.commit()
+        for found in scan_output_dirs(self.output_dirs(rows), {r.run_id for r in rows}):
+            row = RunRow(
+                run_id=found.run_id,
+                name=found.name,
+                state=found.state,
+                backend="local",
+                created_at=found.created_at,
+                run_dir=str(found.run_dir),
+                spec_path=str(RunLayout(found.run_dir).spec),
+                log_path=str(RunLayout(found.run_dir).driver_log),
+                attempts=1,
+                source="cli",
+            )
+            try:
+                with self.sessions() as s:
+                    s.add(row)
+                    s.commit()
+            except IntegrityError:
+                pass  # added meanwhile (another request's discovery, or the API creating it)
+
     # -- read ----------------------------------------------------------------
     def get(self, run_id: str) -> RunView:
         validate_run_id(run_id)
         with self.sessions() as s:
             row = s.get(RunRow, run_id)
         if row is None:
+            self.discover()  # a CLI run started since the last listing
+            with self.sessions() as s:
+                row = s.get(RunRow, run_id)
+        if row is None or (row.source == "cli" and not Path(row.run_dir).is_dir()):
             raise not_found(f"run {run_id!r}", "run_id")
         return self.reconcile(row)
 
     def list(self, limit: int, offset: int) -> tuple[list[RunView], int]:
-        """Newest first; every listed run reconciled."""
+        """Newest first; every listed run reconciled; CLI runs found on disk included."""
+        self.discover()
         with self.sessions() as s:
             count = s.scalar(select(func.count()).select_from(RunRow)) or 0
             rows = list(
@@ -164,12 +238,20 @@ class RunService:
 
     def run_dir(self, run_id: str) -> Path:
         """The directory of a known run (404 otherwise). Never built from client input."""
+        return Path(self.get_row(run_id).run_dir)
+
+    def get_row(self, run_id: str) -> RunRow:
+        """The store's row of a run (discovering CLI runs if needed), without reconciling; 404 otherwise."""
         validate_run_id(run_id)
         with self.sessions() as s:
             row = s.get(RunRow, run_id)
         if row is None:
+            self.discover()
+            with self.sessions() as s:
+                row = s.get(RunRow, run_id)
+        if row is None:
             raise not_found(f"run {run_id!r}", "run_id")
-        return Path(row.run_dir)
+        return row
 
     # -- cancel / resume -----------------------------------------------------
     def cancel(self, run_id: str) -> RunView:
@@ -177,7 +259,14 @@ class RunService:
         view = self.get(run_id)
         if view.row.state in TERMINAL_STATES:
             raise conflict(f"run {run_id!r} is already {view.row.state}", "run_id")
-        RunDir(view.row.run_dir).request_cancel()
+        if not Path(view.row.run_dir).is_dir():
+            raise conflict(f"the directory of run {run_id!r} is gone", "run_id")
+        if view.row.source == "cli":
+            # Not our driver: the same protocol as `agentcpt cancel` (mark it ourselves if none runs it).
+            if request_cancel(RunDir(view.row.run_dir)) == "already_final":
+                return self.reconcile(view.row)
+        else:
+            RunDir(view.row.run_dir).request_cancel()
         now = utc_now()
         with self.sessions() as s:
             s.execute(update(RunRow).where(RunRow.run_id == run_id).values(cancel_requested_at=now))
@@ -189,6 +278,12 @@ class RunService:
         """Relaunch the driver of a failed or cancelled run; committed units are skipped by it."""
         view = self.get(run_id)
         row = view.row
+        if row.source == "cli":
+            raise conflict(
+                f"run {run_id!r} was started from the command line; resume it there "
+                f"(agentcpt run SPEC --run-id {run_id})",
+                "run_id",
+            )
         if row.state in _ACTIVE:
             raise conflict(f"run {run_id!r} is {row.state}; cancel it or wait for it to end", "run_id")
         if row.state == "succeeded":
@@ -228,15 +323,16 @@ class RunService:
     # -- reconciliation ------------------------------------------------------
     def reconcile(self, row: RunRow) -> RunView:
         """Bring the row in line with the run directory and the driver; returns the view."""
+        if row.source == "cli":
+            return self._reconcile_found(row)
         rd = RunDir(row.run_dir)
+        if not rd.path.is_dir():
+            return self._reconcile_deleted(row)
         status = rd.read_status()
         if status is None or status.state not in TERMINAL_STATES:
             if row.cancel_requested_at is not None and not rd.cancel_requested():
                 rd.request_cancel()  # the driver cleared it when it started: ask again
-            probe = self._launchers(row.backend, row.ray_address).probe(
-                DriverHandle(pid=row.driver_pid, started=row.driver_started, job_id=row.driver_job_id),
-                Path(row.log_path),
-            )
+            probe = self._probe(row)
             if probe.alive is False:
                 # It may have written its final state between our read and the probe.
                 status = rd.read_status()
@@ -252,10 +348,66 @@ class RunService:
         self._store(row, status)
         return self._view(row, status)
 
+    def _probe(self, row: RunRow) -> DriverProbe:
+        handle = DriverHandle(pid=row.driver_pid, started=row.driver_started, job_id=row.driver_job_id)
+        try:
+            launcher = self._launchers(row.backend, row.ray_address)
+        except ValueError as err:
+            # A Ray address stored by an older version that is not a plain HTTP address: it is
+            # never handed to Ray's client (which would import a module named by its scheme).
+            return DriverProbe(alive=False, detail=f"cannot ask its cluster: {err}")
+        return launcher.probe(handle, Path(row.log_path))
+
+    def _reconcile_deleted(self, row: RunRow) -> RunView:
+        """An API run whose directory was deleted: failed (if it had not ended), nothing written.
+
+        A run without a driver handle yet is being created (its row is written before its
+        directory): it stays as it is.
+        """
+        launched = row.driver_pid is not None or row.driver_job_id is not None
+        if row.state not in TERMINAL_STATES and launched:
+            self._store(
+                row,
+                RunStatus(
+                    run_id=row.run_id,
+                    name=row.name,
+                    state="failed",
+                    created_at=row.created_at,
+                    started_at=row.started_at,
+                    finished_at=utc_now(),
+                    error=f"the run directory {row.run_dir} was deleted",
+                ),
+            )
+        return RunView(row=row, status=None, progress=RunProgress(), cancel_requested=False)
+
+    def _reconcile_found(self, row: RunRow) -> RunView:
+        """A run the API did not start: its directory says it all; a local driver that is gone
+        without a final state reads as failed (the directory is left as it is)."""
+        rd = RunDir(row.run_dir)
+        status = rd.read_status()
+        if (
+            status is not None
+            and status.state == "running"
+            and status.host == socket.gethostname()
+            and driver_alive(rd) is None
+        ):
+            status = status.model_copy(
+                update={
+                    "state": "failed",
+                    "error": f"its driver (pid {status.pid}) ended without a final state; "
+                    f"resume it with agentcpt run SPEC --run-id {row.run_id}",
+                }
+            )
+        self._store(row, status)
+        return self._view(row, status)
+
     def reconcile_active(self) -> None:
-        """Reconcile every run the store believes queued or running (metrics scrapes call this)."""
+        """Reconcile every run that may still change (metrics scrapes call this), CLI runs included."""
+        self.discover()
         with self.sessions() as s:
-            rows = list(s.scalars(select(RunRow).where(RunRow.state.in_(_ACTIVE))))
+            rows = list(
+                s.scalars(select(RunRow).where(RunRow.state.in_(_ACTIVE) | (RunRow.source == "cli")))
+            )
         for row in rows:
             self.reconcile(row)
 
@@ -345,6 +497,7 @@ def to_public(view: RunView) -> RunPublic:
         name=row.name,
         state=state,
         backend=row.backend,  # type: ignore[arg-type]
+        source=row.source or "api",  # type: ignore[arg-type]
         created_at=row.created_at,
         started_at=started,
         finished_at=finished,

@@ -19,13 +19,10 @@ import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
-from synth.spec import RunSpec, SpecError, check_inputs
+from synth.inputs import check_inputs
+from synth.spec import RunSpec, SpecError
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-# A spec names the env var holding its LLM key; the driver sends that value to the spec's
-# base_url. Only names that look like API keys are allowed, so a spec cannot exfiltrate
-# arbitrary secrets of the API's environment to an endpoint of its choosing.
-_KEY_ENV_RE = re.compile(r"^[A-Z][A-Z0-9_]*(_API_KEY|_KEY|_TOKEN)$")
 
 
 def _decoded_forms(text: str) -> list[str]:
@@ -91,26 +88,13 @@ def _confine_globs(patterns: list[str], field: str, root: Path) -> list[str]:
     return out
 
 
-def _check_key_env(spec: RunSpec) -> None:
-    blocks = [("llm", spec.llm)] + ([("judge_llm", spec.judge_llm)] if spec.judge_llm else [])
-    for name, cfg in blocks:
-        env = cfg.api_key_env
-        if env.startswith("AGENTCPT_") or not _KEY_ENV_RE.match(env):
-            raise SpecError(
-                f"{name}.api_key_env",
-                f"{env!r} is not accepted through the API: name an env var ending in _API_KEY, _KEY or _TOKEN "
-                "(not AGENTCPT_*)",
-            )
-
-
 def confine_spec(spec: RunSpec, data_dir: Path) -> RunSpec:
     """A copy of ``spec`` with every path absolute and checked to lie under ``data_dir``.
 
-    Also checks that each input glob matches at least one file (``synth.spec.check_inputs``),
+    Also checks that each input glob matches at least one file (``synth.inputs.check_inputs``),
     so a run that could never start is refused with 422 rather than failing later.
     """
     root = data_dir.resolve()
-    _check_key_env(spec)
     inputs = spec.inputs.model_copy(
         update={
             "web": _confine_globs(spec.inputs.web, "inputs.web", root),

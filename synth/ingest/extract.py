@@ -1,4 +1,8 @@
-"""Main text, title, date and language of a page: trafilatura plus two small additions.
+"""Main text, title, date and language of a page: trafilatura plus three small additions.
+
+The title is not trafilatura's: its lookup takes a page's only ``<h1>`` or any heading
+whose class says "title", hidden help dialogs included. ``synth.ingest.titles`` picks it
+from the page's meta title, ``<title>`` and main heading, never from chrome.
 
 Cost matters here (the documents stage is CPU-bound), so a page is parsed once: the lxml
 tree from ``trafilatura.load_html`` feeds the metadata lookups, the title fallback and the
@@ -11,7 +15,6 @@ the metadata together on the quickstart pages (profiled: 0.9 of 1.6 ms per page)
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -20,37 +23,13 @@ import trafilatura
 from htmldate import find_date  # a dependency of trafilatura
 from lxml.etree import ParserError
 from lxml.html import HtmlElement
-from trafilatura.metadata import examine_meta, extract_meta_json, extract_title, extract_url
+from trafilatura.metadata import examine_meta, extract_meta_json, extract_url
 from trafilatura.settings import Extractor, set_date_params
+
+from synth.ingest.titles import title_candidates
 
 LOGGER = logging.getLogger(__name__)
 
-# Titles that name a site section rather than the page (seen on CMS templates).
-GENERIC_TITLES = frozenset(
-    {
-        "home",
-        "homepage",
-        "home page",
-        "index",
-        "untitled",
-        "untitled document",
-        "welcome",
-        "page",
-        "article",
-        "news",
-        "blog",
-        "post",
-        "document",
-        "default",
-        "main page",
-        "null",
-        "none",
-        "loading",
-    }
-)
-# "Page title | Site", "Page title - Site", "Page title :: Site"
-_TITLE_SEPARATOR_RE = re.compile(r"\s+(?:\||-|–|—|::|·|»)\s+")
-_WS_RE = re.compile(r"\s+")
 # py3langid walks its DFA over every byte in Python (~0.5 ms per KB here), so it sees three
 # windows (start, middle, end) instead of the whole text: as reliable on prose, far cheaper,
 # and a page that switches language halfway still shows both.
@@ -66,6 +45,7 @@ class ExtractedPage:
     date: str | None
     url: str | None
     sitename: str | None
+    title_candidates: tuple[str, ...] = ()
 
 
 ExtractionFocus = Literal["precision", "balanced", "recall"]
@@ -86,33 +66,6 @@ def _extractor(fast: bool, focus: ExtractionFocus) -> Extractor:
     )
 
 
-def _squash(text: str | None) -> str:
-    return _WS_RE.sub(" ", text or "").strip()
-
-
-def is_boilerplate_title(title: str | None, sitename: str | None = None) -> bool:
-    """True when a title says nothing about the page: empty, generic, or just the site's name."""
-    t = _squash(title).casefold()
-    if len(t) < 3 or t in GENERIC_TITLES:
-        return True
-    return bool(sitename) and t == _squash(sitename).casefold()
-
-
-def fallback_title(tree: HtmlElement, sitename: str | None = None) -> str | None:
-    """The first informative ``<h1>``, else ``<title>`` without its site-name part."""
-    for h1 in tree.iterfind(".//h1"):
-        text = _squash(h1.text_content())
-        if not is_boilerplate_title(text, sitename):
-            return text
-    raw = _squash(tree.findtext(".//title"))
-    if not raw:
-        return None
-    parts = [p for p in _TITLE_SEPARATOR_RE.split(raw) if p.strip()]
-    # Keep the longest part that isn't the site name: "Riverton | Visit Riverton" -> "Riverton".
-    candidates = [p for p in parts if not is_boilerplate_title(p, sitename)]
-    return max(candidates, key=len) if candidates else None
-
-
 def _page_metadata(
     tree: HtmlElement, known_url: str | None
 ) -> tuple[str | None, str | None, str | None, str | None]:
@@ -123,7 +76,9 @@ def _page_metadata(
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:
         # trafilatura guards this call the same way: JSON-LD in the wild is often malformed.
         LOGGER.debug("JSON-LD metadata skipped: %s", err)
-    title = meta.title or extract_title(tree)
+    # Only the meta title here (og:title, twitter:title, ...): the rest of the candidates
+    # are looked up by synth.ingest.titles, which skips chrome.
+    title = meta.title
     # The URL a page was fetched from (WARC, JSONL) wins over what it declares about itself.
     url = known_url or meta.url or extract_url(tree)
     # extensive_search=False: meta tags, <time>, URL and structured data only; the
@@ -148,13 +103,19 @@ def extract_html(
         return None
     if tree is None:
         return None
-    title, date, page_url, sitename = _page_metadata(tree, url)
-    if is_boilerplate_title(title, sitename):
-        title = fallback_title(tree, sitename)
+    meta_title, date, page_url, sitename = _page_metadata(tree, url)
+    candidates = title_candidates(tree, meta_title, sitename)
     # bare_extraction works on a copy of the tree, so the metadata above saw the original.
     document = trafilatura.bare_extraction(tree, options=_extractor(fast, focus))
     text = (document.text or "").strip() if document is not None else ""
-    return ExtractedPage(text=text, title=_squash(title) or None, date=date, url=page_url, sitename=sitename)
+    return ExtractedPage(
+        text=text,
+        title=candidates[0] if candidates else None,
+        date=date,
+        url=page_url,
+        sitename=sitename,
+        title_candidates=tuple(candidates),
+    )
 
 
 @lru_cache(maxsize=1)

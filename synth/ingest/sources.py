@@ -34,6 +34,7 @@ from synth.ingest.limits import (
     loads_bounded,
     too_large,
 )
+from synth.inputs import is_remote, open_input
 from synth.records import Failure
 
 SourceFormat = Literal["html", "warc", "jsonl"]
@@ -120,11 +121,11 @@ def _check_readable(path: Path) -> str | None:
     """Why a file can't be used, checked without reading it; None when it looks fine."""
     try:
         size = path.stat().st_size
-    except OSError as err:
+    except OSError as err:  # fsspec raises OSError subclasses too (FileNotFoundError, PermissionError)
         return f"cannot stat: {err.strerror or err}"
     if size == 0:
         return "empty file"
-    if not os.access(path, os.R_OK):
+    if not is_remote(path) and not os.access(path, os.R_OK):
         return "permission denied"
     return None
 
@@ -149,7 +150,7 @@ class HtmlFileReader(SourceReader):
 
     def load(self, item: SourceItem) -> RawPage:
         try:
-            with open(item.path, "rb") as fh:
+            with open_input(item.path) as fh:
                 data = fh.read(MAX_PAGE_BYTES + 1)
         except OSError as err:
             raise InputError("unreadable_input", f"{item.path}: {err.strerror or err}") from None
@@ -165,7 +166,7 @@ class CorruptWarcError(Exception):
 def _starts_like_warc(path: Path) -> bool:
     """Whether a file (gzipped or not) begins with a WARC version line. warcio itself reads
     garbage as ARC records without complaint, so this is checked first."""
-    with path.open("rb") as fh:
+    with open_input(path) as fh:
         head = fh.read(2)
         fh.seek(0)
         if head == b"\x1f\x8b":
@@ -202,7 +203,7 @@ class WarcReader(SourceReader):
         try:
             if not _starts_like_warc(path):
                 raise CorruptWarcError("does not start with a WARC record")
-            with path.open("rb") as fh:
+            with open_input(path) as fh:
                 records = ArchiveIterator(fh)
                 for record in records:
                     if record.format != "warc" or record.rec_type is None:
@@ -240,7 +241,7 @@ class WarcReader(SourceReader):
         from warcio.exceptions import ArchiveLoadFailed
 
         try:
-            with open(item.path, "rb") as fh:
+            with open_input(item.path) as fh:
                 fh.seek(item.offset)
                 record = next(iter(ArchiveIterator(fh)), None)
                 if record is None or record.rec_type != "response":
@@ -284,7 +285,7 @@ class JsonlReader(SourceReader):
             yield _unreadable(path, ref, problem)
             return
         try:
-            with path.open("rb") as fh:
+            with open_input(path) as fh:
                 for line in iter_lines(fh, MAX_LINE_BYTES):
                     if line.blank:
                         continue
@@ -314,7 +315,7 @@ class JsonlReader(SourceReader):
 
     def load(self, item: SourceItem) -> RawPage:
         try:
-            with open(item.path, "rb") as fh:
+            with open_input(item.path) as fh:
                 fh.seek(item.offset)
                 raw = fh.readline(MAX_LINE_BYTES + 1)
         except OSError as err:
@@ -360,7 +361,7 @@ READERS: tuple[SourceReader, ...] = (HtmlFileReader(), WarcReader(), JsonlReader
 
 def reader_for(path: Path | str) -> SourceReader | None:
     """The reader for a file name, by suffix; None for a format we don't read."""
-    p = Path(path)
+    p = Path(str(path).rsplit("/", 1)[-1]) if is_remote(path) else Path(path)  # only the name matters
     return next((r for r in READERS if r.handles(p)), None)
 
 
@@ -370,7 +371,9 @@ def reader_for_format(fmt: SourceFormat) -> SourceReader:
 
 def source_ref(path: Path, base_dir: Path | None) -> str:
     """A file's name for ids and the ledger: relative to base_dir when under it, so ids don't
-    depend on where the repository is checked out."""
+    depend on where the repository is checked out. A remote file is named by its URL."""
+    if is_remote(path):
+        return str(path)
     if base_dir is not None:
         try:
             return path.resolve().relative_to(base_dir.resolve()).as_posix()

@@ -744,7 +744,10 @@ class LLMClient:
     async def _cache_get(self, key: str) -> CachedReply | None:
         assert self.cache is not None
         try:
-            return await asyncio.to_thread(self.cache.get, key)
+            # Inline, not in a thread: a lookup is a dict get (a unit's segments are read once,
+            # on its first lookup), and two thread hops cost more CPU per request than the
+            # cache itself (issue 19).
+            return self.cache.get(key)
         except OSError as err:
             log.warning("request cache read failed (treated as a miss): %s", err)
             return None
@@ -752,7 +755,7 @@ class LLMClient:
     async def _cache_put(self, key: str, reply: CachedReply) -> None:
         assert self.cache is not None
         try:
-            await asyncio.to_thread(self.cache.put, key, reply)
+            self.cache.put(key, reply)  # one append to this unit's segment: no thread hop either
         except OSError as err:
             # The reply is good; losing its cache entry only costs a re-ask on resume.
             log.warning("request cache write failed: %s", err)

@@ -7,9 +7,15 @@ Two jobs:
   ``architectures``), cached under ``<models_path>/SmolLM2-135M-Instruct``. Conversion goes
   to a temporary directory that is renamed into place under a file lock, so concurrent
   processes (parallel tests, Ray workers) never see half a model.
-* ``EmbeddedEndpoint`` starts ``transformers serve DIR --host 127.0.0.1 --port P --device cpu``,
-  waits until ``/v1/models`` answers, reuses a server already answering on that port, and
-  stops only a server it started itself.
+* ``EmbeddedEndpoint`` starts the server (``python -m synth.llm.constrained_server DIR --host
+  127.0.0.1 --port P --device cpu``), waits until ``/v1/models`` answers, reuses a server
+  already answering on that port, and stops only a server it started itself.
+
+The server is ``transformers serve``'s own app with ``response_format`` enforced by
+constrained decoding (``synth.llm.constrained_server``, llguidance): plain ``transformers
+serve`` ignores JSON schemas, and SmolLM2-135M's free-text replies failed to parse in every
+quickstart stage. ``constrained=False`` runs plain ``transformers serve`` instead (for
+comparison; replies are then validated by the client only).
 
 Sampling and ``--continuous-batching`` (on by default): continuous batching gave about 3x
 the tokens/s of serial requests with 8 in flight (NOTES.md), which the quickstart's time
@@ -67,8 +73,6 @@ DEFAULT_KV_CACHE_BLOCKS = 48
 # CPU after the client gave up. Limiters for an embedded endpoint should cap at this.
 EMBEDDED_MAX_CONCURRENCY = 8
 HOST = "127.0.0.1"
-
-
 
 
 def _die_with_parent() -> None:
@@ -285,6 +289,7 @@ class EmbeddedEndpoint:
         kv_cache_blocks: int = DEFAULT_KV_CACHE_BLOCKS,
         threads: int | None = None,
         host: str = HOST,
+        constrained: bool = True,
     ) -> None:
         self._model_dir = Path(model_dir) if model_dir is not None else None
         self.port = port
@@ -296,6 +301,7 @@ class EmbeddedEndpoint:
         self.log_path = log_path
         self.kv_cache_blocks = kv_cache_blocks
         self.threads = threads if threads is not None else default_threads()
+        self.constrained = constrained
         self.model_id: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._own_log = False
@@ -318,10 +324,14 @@ class EmbeddedEndpoint:
         server lists it under that id, so records carry ``SmolLM2-135M-Instruct`` rather than
         a machine-specific absolute path (and request-cache keys stay valid across machines).
         """
-        argv = [
-            sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())",
-            "serve", model_dir.name, "--host", self.host, "--port", str(self.port), "--device", "cpu",
-        ]  # fmt: skip
+        if self.constrained:
+            argv = [sys.executable, "-m", "synth.llm.constrained_server"]
+        else:
+            argv = [
+                sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())",
+                "serve",
+            ]  # fmt: skip
+        argv += [model_dir.name, "--host", self.host, "--port", str(self.port), "--device", "cpu"]
         if self.continuous_batching:
             # Without a block count, continuous batching sizes its KV cache to 60% of the
             # machine's free RAM: 10-14 GB resident per server on a 24 GB machine, and two
@@ -405,13 +415,17 @@ class EmbeddedEndpoint:
         """One tiny request: loads the model, and fixes the batch manager's sampling params.
 
         With continuous batching the first request's temperature becomes the server's (see
-        the module docstring), so this request carries the configured temperature.
+        the module docstring), so this request carries the configured temperature. On the
+        constrained server it asks for JSON, so the grammar side (the token table of the
+        vocabulary, ~1-3 s) is built now rather than inside the first stage's request.
         """
-        body = {
+        body: dict[str, object] = {
             "model": self.model_id,
             "messages": [{"role": "user", "content": "Hi"}],
             "max_tokens": 1,
         }
+        if self.constrained:
+            body["response_format"] = {"type": "json_object"}
         if self.temperature is not None:  # null in the spec: the server's default
             body["temperature"] = self.temperature
         req = urllib.request.Request(
@@ -472,6 +486,7 @@ def ensure_endpoint(
     startup_timeout_s: float = 300.0,
     kv_cache_blocks: int = DEFAULT_KV_CACHE_BLOCKS,
     threads: int | None = None,
+    constrained: bool = True,
 ) -> EmbeddedEndpoint:
     """Start (or reuse) the embedded endpoint on ``port`` and return it, ready.
 
@@ -487,6 +502,7 @@ def ensure_endpoint(
         startup_timeout_s=startup_timeout_s,
         kv_cache_blocks=kv_cache_blocks,
         threads=threads,
+        constrained=constrained,
     )
     if served_models(endpoint.base_url) is not None:
         return endpoint.start()

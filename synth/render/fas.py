@@ -2,9 +2,11 @@
 
 * planning: the question, the problem analysis in ``<think>``, then exactly one
   ``<tool_call>`` (the predicted first action, never executed) or one ``<answer>``.
-* reasoning: the question, step 1 (decomposition and a speculative answer from the model's
-  own knowledge) and step 2 (the refinement against the statements) in ``<think>``, then
-  ``<answer>``.
+* reasoning: the question, the knowledge it was answered with (the cited statements with
+  their time and source URL, as the agent would have retrieved them), step 1 (decomposition
+  and a speculative answer from the model's own knowledge) and step 2 (the refinement
+  against that knowledge) in ``<think>``, then ``<answer>`` — in that order. Without the
+  knowledge in the text, CPT would teach step 2's corrections as ungrounded self-correction.
 
 Each kind has a few framings; the record id picks one (a hash, so reruns render the same
 text) and the corpus does not repeat a single frame millions of times. Generated text is
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any
 
-from synth.records import PlanningRecord, ReasoningRecord, ToolAction
+from synth.knowledge import evidence_line
+from synth.records import MemoryRecord, PlanningRecord, ReasoningRecord, ToolAction
 from synth.render import tags
 
 # Tag names of DESIGN §1; any opening or closing form of them inside generated text is removed.
@@ -82,36 +86,48 @@ def render_planning(record: PlanningRecord, question: str) -> str:
 # Reasoning
 # ---------------------------------------------------------------------------
 
-# (question frame, step-1 heading, step-2 heading).
-REASONING_FRAMES: tuple[tuple[str, str, str], ...] = (
+# (question frame, knowledge heading, step-1 heading, step-2 heading).
+REASONING_FRAMES: tuple[tuple[str, str, str, str], ...] = (
     (
         "Question: {question}",
+        "Knowledge:",
         "Step 1 - decompose and answer from what I know:",
         "Step 2 - check against the facts and refine:",
     ),
     (
         "User: {question}\n\nAssistant:",
+        "Retrieved information:",
         "First attempt, from memory:",
-        "Now verify each part and fix any mistakes:",
+        "Now verify each part against the retrieved information and fix any mistakes:",
     ),
     (
-        "## Problem\n{question}\n\n## Solution",
+        "## Problem\n{question}",
+        "## Relevant knowledge",
         "Initial reasoning:",
         "Refinement with the relevant knowledge:",
     ),
     (
         "Q: {question}",
+        "Facts found:",
         "Let me break this down and guess first.",
-        "Checking that guess against what is known:",
+        "Checking that guess against the facts found:",
     ),
 )
 
 
-def render_reasoning(record: ReasoningRecord, question: str) -> str:
-    """A reasoning sample: question, step 1 and step 2 in ``<think>``, then ``<answer>``."""
-    frame, head1, head2 = REASONING_FRAMES[pick_variant(record.id, len(REASONING_FRAMES))]
+def knowledge_block(statements: Sequence[MemoryRecord]) -> str:
+    """The statements as numbered evidence lines, each with its time and source URL."""
+    return "\n".join(
+        f"[{i}] {scrub_tags(evidence_line(s.statement, s.time, s.source_url))}" for i, s in enumerate(statements, 1)
+    )
+
+
+def render_reasoning(record: ReasoningRecord, question: str, statements: Sequence[MemoryRecord]) -> str:
+    """A reasoning sample: question, knowledge, step 1 and step 2 in ``<think>``, ``<answer>``."""
+    frame, head_k, head1, head2 = REASONING_FRAMES[pick_variant(record.id, len(REASONING_FRAMES))]
     thought = f"{head1}\n{scrub_tags(record.step1)}\n\n{head2}\n{scrub_tags(record.step2)}"
+    knowledge = f"{head_k}\n{knowledge_block(statements)}\n" if statements else ""
     return (
-        f"{frame.format(question=scrub_tags(question))}\n{tags.think(thought)}\n"
+        f"{frame.format(question=scrub_tags(question))}\n{knowledge}{tags.think(thought)}\n"
         f"{tags.answer(scrub_tags(record.final_answer))}"
     )

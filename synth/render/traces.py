@@ -48,8 +48,17 @@ def render_step(steps: Sequence[TrajectoryStep], index: int, final_answer: str |
     return render_action(step.thought, step.action, step_answer(steps, index, final_answer))
 
 
-def render_rollout(question: str, steps: Sequence[TrajectoryStep], final_answer: str | None) -> str:
-    """A tool-call trace: the question, then per step think / tool_call / tool_response, then the answer."""
+def render_rollout(
+    question: str,
+    steps: Sequence[TrajectoryStep],
+    final_answer: str | None,
+    outcome: Outcome | None = None,
+) -> str:
+    """A tool-call trace: the question, then per step think / tool_call / tool_response, then the answer.
+
+    With a judged ``outcome`` the trace ends with an explicit outcome line (the corpus's switch
+    for admitting incorrect rollouts: a wrong answer is never taught as a right one).
+    """
     blocks = [f"Question: {question.strip()}"]
     for i, step in enumerate(steps):
         body = render_step(steps, i, final_answer)
@@ -61,19 +70,27 @@ def render_rollout(question: str, steps: Sequence[TrajectoryStep], final_answer:
             )
         if body:
             blocks.append(body)
+    if outcome is not None and outcome in ROLLOUT_OUTCOME_LINES:
+        blocks.append(ROLLOUT_OUTCOME_LINES[outcome])
     return "\n\n".join(blocks)
 
 
+ROLLOUT_OUTCOME_LINES: dict[str, str] = {
+    "correct": "This final answer is correct.",
+    "incorrect": "This final answer is incorrect.",
+}
+
+# The paper's HAS ending (AgentFounder §2.3). An unjudged trajectory gets no ending at all: its
+# text never enters the corpus, and no sentence about the pipeline ever stands in for one.
 OUTCOME_SENTENCES: dict[str, str] = {
     "correct": "My decision is Correct.",
     "incorrect": "My decision is Incorrect.",
-    # Never guess: an unjudged trajectory says so (issue: HAS outcome).
-    "unknown": "Whether my decisions were correct is unknown: this trajectory's outcome was not judged.",
 }
 
 
 def render_decisions(question: str, steps: Sequence[DecisionStep], outcome: Outcome) -> str:
-    """The HAS text: per step the N+1 options, "I will choose option n", the real response; then the outcome."""
+    """The HAS text: per step the N+1 options, "I will choose option n", the real response; then the
+    judged outcome (none when the outcome is unknown)."""
     blocks = [f"Question: {question.strip()}"]
     for k, step in enumerate(steps, 1):
         lines = [f"Step {k}. The candidate next actions are:"]
@@ -83,5 +100,11 @@ def render_decisions(question: str, steps: Sequence[DecisionStep], outcome: Outc
         if step.observation is not None:
             lines.append(tags.tool_response(step.observation))
         blocks.append("\n".join(lines))
-    blocks.append(OUTCOME_SENTENCES[outcome])
+    if outcome in OUTCOME_SENTENCES:
+        blocks.append(OUTCOME_SENTENCES[outcome])
     return "\n\n".join(blocks)
+
+
+def count_words(text: str) -> int:
+    """Whitespace-separated words: the unit of the HAS thought-length band."""
+    return len(text.split())

@@ -97,7 +97,9 @@ class CorpusConfig(BaseModel):
     decontaminate: list[str] = Field(
         default_factory=list, description="benchmark JSONL globs with a `question` field"
     )
-    stage1_max_tokens: PositiveInt = Field(32768, description="CPT stage 1's window: its texts have at most this many tokens")
+    stage1_max_tokens: PositiveInt = Field(
+        32768, description="CPT stage 1's window: its texts have at most this many tokens"
+    )
     stage2_max_tokens: PositiveInt = Field(
         131072, description="CPT stage 2's window; longer texts are dropped (too_long)"
     )
@@ -382,7 +384,11 @@ def _unrouted(c: CorpusCandidate, n_tokens: int, cfg: CorpusConfig) -> Failure:
         )
     rules = "; ".join(
         f"stage {s} takes {', '.join(cfg.mix(s).kinds) or 'nothing'} up to {cfg.window(s)} tokens"
-        + (f" (decisions: {', '.join(cfg.mix(s).decision_outcomes)})" if "decision" in cfg.mix(s).kinds else "")
+        + (
+            f" (decisions: {', '.join(cfg.mix(s).decision_outcomes)})"
+            if "decision" in cfg.mix(s).kinds
+            else ""
+        )
         for s in (1, 2)
     )
     outcome = f", outcome {c.outcome}" if c.outcome else ""
@@ -547,14 +553,16 @@ class MixtureReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     total_tokens: int
     stages: list[StageShare] = Field(description="CPT stage 1 then 2")
-    warnings: list[str] = Field(description="one line per CPT stage short of its target, naming what is missing")
+    warnings: list[str] = Field(
+        description="one line per CPT stage short of its target, naming what is missing"
+    )
 
 
 def _missing(cpt_stage: int, kinds: dict[str, int], cfg: CorpusConfig) -> str:
     """What a short stage lacks: its kinds with no tokens ("no …"), else all of its kinds ("more …")."""
     mix = cfg.mix(cpt_stage)
     absent = [k for k in mix.kinds if not kinds.get(k)]
-    word = "no" if absent else "more"
+    word = "no" if absent else "too few"
     parts: list[str] = []
     for kind in absent or mix.kinds:
         if kind == "decision" and cpt_stage == 2:
@@ -564,7 +572,9 @@ def _missing(cpt_stage: int, kinds: dict[str, int], cfg: CorpusConfig) -> str:
                 "long trajectories)"
             )
         elif kind == "decision":
-            parts.append(f"{word} decision (HAS) texts judged {' or '.join(mix.decision_outcomes)} (stages.decisions)")
+            parts.append(
+                f"{word} decision (HAS) texts judged {' or '.join(mix.decision_outcomes)} (stages.decisions)"
+            )
         elif kind == "rollout":
             parts.append(f"{word} rollout texts judged correct (stages.rollouts)")
         elif kind == "knowledge":
@@ -599,8 +609,7 @@ def mixture_report(rows: Sequence[CorpusSummaryRow], cfg: CorpusConfig) -> Mixtu
         )
         if mix.target_share > 0 and share < SHORT_OF_TARGET * mix.target_share:
             warnings.append(
-                f"CPT stage {cpt_stage} holds {share:.1%} of the corpus's tokens, target {mix.target_share:.1%}: "
-                f"missing {_missing(cpt_stage, kinds, cfg)}"
+                f"CPT stage {cpt_stage} holds {share:.1%} of the corpus's tokens (target {mix.target_share:.1%}): "
+                f"it has {_missing(cpt_stage, kinds, cfg)}"
             )
     return MixtureReport(total_tokens=total, stages=stages, warnings=warnings)
-

@@ -275,8 +275,10 @@ Reply with one JSON object only:
 {shape}"""
 
 TOOL_FORM = "Each step has a thought and a call of one of the tools below (not a final answer). Make the {n} steps differ: other queries, other pages, other tools of the list."
-ANSWER_FORM = "Each step has a thought and a final \"answer\" given now (no tool call). Make the {n} answers differ from each other."
-TOOL_SHAPE = '{{"candidates": [{{"thought": "...", "tool": "search", "arguments": {{"query": ["..."]}}}}, ...]}}'
+ANSWER_FORM = 'Each step has a thought and a final "answer" given now (no tool call). Make the {n} answers differ from each other.'
+TOOL_SHAPE = (
+    '{{"candidates": [{{"thought": "...", "tool": "search", "arguments": {{"query": ["..."]}}}}, ...]}}'
+)
 ANSWER_SHAPE = '{{"candidates": [{{"thought": "...", "answer": "..."}}, ...]}}'
 USER_PROMPT = """Question: {question}
 
@@ -367,7 +369,11 @@ def build_messages(
         shape=(ANSWER_SHAPE if answers else TOOL_SHAPE).format(),
     )
     user = USER_PROMPT.format(question=question, steps=so_far, n=n, length=length_rule(*words, answer_words))
-    return [{"role": "system", "content": system}, *_example_turns(n, answers), {"role": "user", "content": user}]
+    return [
+        {"role": "system", "content": system},
+        *_example_turns(n, answers),
+        {"role": "user", "content": user},
+    ]
 
 
 def _example_turns(n: int, answers: bool) -> list[Message]:
@@ -551,7 +557,9 @@ def fill_options(
         words = [w for w in _WORD_RE.findall(question) if w.casefold() not in _STOPWORDS]
         half = len(words) // 2
         # All keywords, the question itself, then each half of the keywords (a narrower query).
-        queries = [" ".join(words), question.strip()] + ([" ".join(words[:half]), " ".join(words[half:])] if half >= 2 else [])
+        queries = [" ".join(words), question.strip()] + (
+            [" ".join(words[:half]), " ".join(words[half:])] if half >= 2 else []
+        )
         for query in dict.fromkeys(q[:200] for q in queries if q):
             templates.append(ToolAction(tool="search", arguments={"query": [query]}))
     if "visit" in tools:
@@ -670,7 +678,9 @@ def condense_target(
     return alternatives, allowed, target
 
 
-async def condense(llm: LLM, thought: str, allowed: tuple[int, int], target: int, cap: int) -> tuple[str, str]:
+async def condense(
+    llm: LLM, thought: str, allowed: tuple[int, int], target: int, cap: int
+) -> tuple[str, str]:
     """The original thought shortened into ``allowed`` words: (text, "llm" | "cut")."""
     low, high = allowed
     try:
@@ -730,7 +740,9 @@ async def decide_step(
     return step, sum(1 for o in alternatives if o.source in ("earlier_step", "template"))
 
 
-def plan_step(rollout: RolloutRecord, k: int, cfg: DecisionsConfig, cap: int, first: dict[str, int]) -> StepPlan:
+def plan_step(
+    rollout: RolloutRecord, k: int, cfg: DecisionsConfig, cap: int, first: dict[str, int]
+) -> StepPlan:
     """The form, tools and thought-length band of decision step ``k``."""
     original = original_option(rollout.steps, k, rollout.final_answer)
     # Ask for the original's length, or for what the cap leaves room for; in the latter case the
@@ -769,7 +781,10 @@ def filled_flag(filled: int, total: int, max_share: float) -> tuple[float, str |
     """(filled share, the flag that keeps the record out of the corpus or None)."""
     share = filled / total if total else 0.0
     if share > max_share + 1e-9:
-        return share, f"filled_share {share:.2f} > {max_share:.2f}: {filled} of {total} alternatives are fills"
+        return (
+            share,
+            f"filled_share {share:.2f} > {max_share:.2f}: {filled} of {total} alternatives are fills",
+        )
     return share, None
 
 
@@ -785,7 +800,10 @@ async def decide(rollout: RolloutRecord, ctx: StageContext, cfg: DecisionsConfig
     cap = completion_cap(cfg.max_tokens, ctx.spec.llm.max_tokens)
     first = first_appearances(rollout.question, rollout.steps)
     outcomes = await asyncio.gather(
-        *(decide_step(rollout, k, ctx.llm, cfg, ctx.seed, plan_step(rollout, k, cfg, cap, first)) for k in points),
+        *(
+            decide_step(rollout, k, ctx.llm, cfg, ctx.seed, plan_step(rollout, k, cfg, cap, first))
+            for k in points
+        ),
         return_exceptions=True,
     )
     results: list[tuple[DecisionStep, int]] = []

@@ -49,7 +49,7 @@ from synth.entities import (
 from synth.ids import record_id
 from synth.ingest.titles import choose_titles
 from synth.ingest.triples import parse_triple_line, verbalize
-from synth.llm.base import LLMError, Message
+from synth.llm.base import LLMError, LLMTruncated, Message
 from synth.llm.config import completion_cap
 from synth.records import DocumentRecord, Failure, MemoryRecord
 from synth.stage import Prepared, Stage, StageContext, StageOutput
@@ -80,8 +80,8 @@ class MemoryConfig(BaseModel):
     )
     support_batch_size: PositiveInt = Field(12, description="statements checked per judge call")
     judge_max_tokens: PositiveInt | None = Field(
-        512,
-        # ~30 tokens a verdict: 12 verdicts and the JSON around them.
+        128,
+        # ~4 tokens a verdict: 12 verdicts and the JSON around them fit in ~60.
         description="completion cap of the support-check call, at most judge_llm.max_tokens; null = judge_llm.max_tokens",
     )
 
@@ -253,7 +253,7 @@ def _statement_time(
     return doc_date
 
 
-class _ChunkContext:
+class ChunkContext:
     """What validating one chunk's statements needs, computed once per chunk."""
 
     def __init__(self, chunk: MemoryChunk, aliases: dict[str, str]) -> None:
@@ -264,7 +264,6 @@ class _ChunkContext:
         # text, after the title as a sentence of its own, so a name in the title counts.
         self.names_text = f"{chunk.text}\nAbout {chunk.title}." if chunk.title else chunk.text
         self.source_key = entity_key(source)
-        self.numbers = numbers_in(source)
         # Config aliases win over acronyms the chunk defines.
         self.aliases = {
             **text_aliases(chunk.text),
@@ -306,7 +305,7 @@ def leading_subject(statement: str) -> str | None:
     return " ".join(words) or None
 
 
-def _entity_problem(key: str, name: str, ctx: _ChunkContext, statement_key: str) -> Rejection | None:
+def _entity_problem(key: str, name: str, ctx: ChunkContext, statement_key: str) -> Rejection | None:
     """Why ``key`` can't anchor a statement (generic, not in the text, not named by it), or None."""
     if not key or len(key.split()) > MAX_ENTITY_WORDS or all(w in NOT_ENTITIES for w in key.split()):
         return Rejection(
@@ -320,7 +319,7 @@ def _entity_problem(key: str, name: str, ctx: _ChunkContext, statement_key: str)
     return None
 
 
-def validate_statement(draft: StatementDraft, ctx: _ChunkContext) -> ValidStatement | Rejection:
+def validate_statement(draft: StatementDraft, ctx: ChunkContext) -> ValidStatement | Rejection:
     """A usable statement (entity normalized, time resolved), or why it was rejected.
 
     The entity is the model's when the text has it and the statement names it. Otherwise the
@@ -484,7 +483,7 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
         if not batch.statements:
             return [], [_chunk_failure(chunk, "no_statements", "the model returned no statements for this chunk")]
 
-        candidates, failures = _checked_drafts(batch.statements, _ChunkContext(chunk, cfg.aliases))
+        candidates, failures = _checked_drafts(batch.statements, ChunkContext(chunk, cfg.aliases))
         # The cap applies before the support check: the judge reads only what could be kept.
         for draft, _ in candidates[cap:]:
             failures.append(
@@ -521,7 +520,7 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
                 failures.append(_chunk_failure(chunk, "invalid_triple", f"not a triple line: {line[:200]!r}"))
                 continue
             drafts.append(StatementDraft(entity=triple.subject, statement=verbalize(triple), time=triple.time))
-        candidates, rejected = _checked_drafts(drafts, _ChunkContext(chunk, cfg.aliases))
+        candidates, rejected = _checked_drafts(drafts, ChunkContext(chunk, cfg.aliases))
         return [_record(chunk, valid, ctx, "triple") for _, valid in candidates], failures + rejected
 
 
@@ -530,7 +529,7 @@ def _chunk_failure(chunk: MemoryChunk, kind: str, message: str, raw: str | None 
 
 
 def _checked_drafts(
-    drafts: Sequence[StatementDraft], vctx: _ChunkContext
+    drafts: Sequence[StatementDraft], vctx: ChunkContext
 ) -> tuple[list[tuple[StatementDraft, ValidStatement]], list[Failure]]:
     """The drafts that pass the checks needing no model (once each), and a Failure for every other."""
     kept: list[tuple[StatementDraft, ValidStatement]] = []
@@ -599,6 +598,12 @@ async def check_support(
                 stage="memory",
                 max_tokens=cfg.judge_max_tokens,
             )
+        except LLMTruncated as err:
+            # Cut by the token cap: the verdicts written before the cut still count; the
+            # statements after it stay unverified.
+            reply = SupportVerdicts.salvage(err.raw_output)
+            if not reply.verdicts:
+                return [err] * len(batch)
         except LLMError as err:
             return [err] * len(batch)
         by_number = reply.by_number(len(batch))
@@ -614,10 +619,11 @@ def _support_rejection(verdict: SupportVerdict | LLMError | None) -> Rejection |
         return Rejection("unverified_statement", f"the support check failed ({verdict.kind}): {verdict}")
     if verdict is None:
         return Rejection("unverified_statement", "the judge gave no verdict for this statement")
+    why = f": {verdict.reason}" if verdict.reason else ""
     if verdict.verdict == "unsupported":
-        return Rejection("unsupported_statement", f"not supported by its source: {verdict.reason or 'no reason given'}")
+        return Rejection("unsupported_statement", f"the judge found it not supported by its source chunk{why}")
     if verdict.verdict == "incomplete":
-        return Rejection("incomplete_statement", f"not a self-contained claim: {verdict.reason or 'no reason given'}")
+        return Rejection("incomplete_statement", f"the judge found it not a self-contained claim{why}")
     return None
 
 

@@ -387,7 +387,11 @@ async def run_tool(
 
 
 async def run_agent(
-    question: str, llm: LLM, env: ToolEnvironment, cfg: RolloutsConfig, visitor: SummarizingVisit | None = None
+    question: str,
+    llm: LLM,
+    env: ToolEnvironment,
+    cfg: RolloutsConfig,
+    visitor: SummarizingVisit | None = None,
 ) -> AgentRun:
     """Answer ``question`` with the ReAct loop. Raises LLMError when the model cannot be reached."""
     messages = build_agent_messages(question, cfg)
@@ -519,7 +523,11 @@ def evidence_text(steps: Sequence[TrajectoryStep], question: str, answer: str, m
 
 
 async def judge_by_evidence(
-    question: str, steps: Sequence[TrajectoryStep], final_answer: str | None, judge_llm: LLM, cfg: RolloutsConfig
+    question: str,
+    steps: Sequence[TrajectoryStep],
+    final_answer: str | None,
+    judge_llm: LLM,
+    cfg: RolloutsConfig,
 ) -> tuple[Outcome | None, str]:
     """(correct / incorrect, or None when the judge cannot tell; its rationale). Raises LLMError."""
     if final_answer is None or not final_answer.strip():
@@ -530,7 +538,12 @@ async def judge_by_evidence(
     verdict = await judge_llm.complete(
         [
             {"role": "system", "content": EVIDENCE_JUDGE_SYSTEM},
-            {"role": "user", "content": EVIDENCE_JUDGE_USER.format(question=question, answer=final_answer, evidence=evidence)},
+            {
+                "role": "user",
+                "content": EVIDENCE_JUDGE_USER.format(
+                    question=question, answer=final_answer, evidence=evidence
+                ),
+            },
         ],
         EvidenceVerdict,
         stage="rollouts",
@@ -581,7 +594,10 @@ def _build_visitor(ctx: StageContext, cfg: RolloutsConfig, env: ToolEnvironment)
     from synth.tools.visit import SummarizingVisit
 
     return SummarizingVisit(
-        index=env.index, llm=ctx.llm, max_chars=cfg.visit_max_chars, summary_max_tokens=cfg.visit_summary_max_tokens
+        index=env.index,
+        llm=ctx.llm,
+        max_chars=cfg.visit_max_chars,
+        summary_max_tokens=cfg.visit_summary_max_tokens,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -12,9 +13,10 @@ from typing import Any
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from api.csrf import CSRF_FIELD
 from api.services.launchers import LocalProcessLauncher
+from api.settings import ApiSettings
 from synth.runstate import TERMINAL_STATES
-from synth.settings import Settings
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -65,5 +67,22 @@ class ApiHarness:
             time.sleep(0.05)
 
 
-def settings_for(data_dir: Path, token: str | None = TOKEN, **extra: Any) -> Settings:
-    return Settings(data_dir=data_dir, api_token=SecretStr(token) if token is not None else None, **extra)
+def settings_for(data_dir: Path, token: str | None = TOKEN, **extra: Any) -> ApiSettings:
+    return ApiSettings(data_dir=data_dir, api_token=SecretStr(token) if token is not None else None, **extra)
+
+
+def form_token(html: str) -> str:
+    """The CSRF token a dashboard page put into its forms."""
+    match = re.search(rf'name="{CSRF_FIELD}" value="([^"]+)"', html)
+    assert match, "no CSRF field in the page"
+    return match.group(1)
+
+
+def login(client: TestClient, token: str = TOKEN, next_path: str = "/") -> Any:
+    """Log in through the dashboard's form as a browser would (login page, then post it)."""
+    page = client.get("/")
+    return client.post(
+        "/login",
+        data={"token": token, "next": next_path, CSRF_FIELD: form_token(page.text)},
+        follow_redirects=False,
+    )

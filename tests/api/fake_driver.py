@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from synth.ids import record_id
+from synth.llm.accounting import UsageTracker
 from synth.records import DocumentRecord, Failure, PlanningRecord, ToolAction
 from synth.runstate import LLMUsage, RunDir, RunProgress, StageProgress
 from synth.shards import ShardStore
@@ -64,6 +65,23 @@ def _commit_units(run_dir: Path, run_id: str) -> None:
         store.write_unit("planning", "00000", plans, run_id=run_id)
 
 
+# Latencies of the fake planning stage's 8 LLM attempts, as two workers would record them:
+# the driver merges their histograms, as pipelines.progress does.
+PLANNING_LATENCIES_S = ((0.12, 0.12, 0.12, 0.12), (0.45, 0.45, 0.45, 0.45))
+
+
+def planning_usage() -> LLMUsage:
+    """8 requests, 1200 prompt + 300 completion tokens, latency from two workers' trackers."""
+    merged = UsageTracker()
+    for worker_latencies in PLANNING_LATENCIES_S:
+        tracker = UsageTracker()
+        for latency_s in worker_latencies:
+            tracker.record_attempt("planning", ok=True, latency_s=latency_s, prompt_tokens=150)
+        merged.merge(tracker.snapshot())
+    usage = merged.usage("planning")
+    return usage.model_copy(update={"completion_tokens": 300})
+
+
 def _progress(rd: RunDir, done: bool) -> None:
     rd.write_progress(
         RunProgress(
@@ -73,13 +91,7 @@ def _progress(rd: RunDir, done: bool) -> None:
                     units_done=1 if done else 0,
                     units_total=1,
                     records=4 if done else 0,
-                    llm=LLMUsage(
-                        requests=8,
-                        prompt_tokens=1200,
-                        completion_tokens=300,
-                        latency_p50_ms=120.0,
-                        latency_p99_ms=450.0,
-                    ),
+                    llm=planning_usage(),
                 ),
             }
         )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from api_helpers import AUTH, TOKEN, settings_for
+from api_helpers import AUTH, TOKEN, form_token, login, settings_for
 from fastapi.testclient import TestClient
 
+from agentcpt.cli import main as cli_main
 from api.main import create_app
 from api.security import InsecureConfigError, is_loopback
-from agentcpt.cli import main as cli_main
-from synth.settings import get_settings
+from api.settings import get_api_settings
 
 PROTECTED = [
     ("GET", "/v1/runs"),
@@ -40,7 +40,9 @@ BAD_HEADERS = {
 @pytest.fixture(scope="module")
 def shared_client(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("auth-data")
-    with TestClient(create_app(settings_for(data_dir)), raise_server_exceptions=False) as client:
+    # 66 wrong tokens from one client here: the failed-auth limit is tested on its own.
+    settings = settings_for(data_dir, auth_failures_per_window=10_000)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
 
@@ -75,17 +77,17 @@ def test_dashboard_pages_answer_401_with_a_login_form_and_a_cookie_after_login(m
     page = api.client.get("/")
     assert page.status_code == 401 and 'action="/login"' in page.text
     assert api.client.get("/runs/anything").status_code == 401
-    wrong = api.client.post("/login", data={"token": "nope", "next": "/"}, follow_redirects=False)
+    wrong = login(api.client, token="nope")
     assert wrong.status_code == 401 and "wrong token" in wrong.text
-    ok = api.client.post("/login", data={"token": TOKEN, "next": "//evil.example/x"}, follow_redirects=False)
+    ok = login(api.client, next_path="//evil.example/x")
     assert ok.status_code == 303 and ok.headers["location"] == "/"
-    cookie = ok.headers["set-cookie"]
+    cookie = next(c for c in ok.headers.get_list("set-cookie") if c.startswith("agentcpt_session="))
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
-    assert TOKEN not in cookie  # an HMAC of the token, never the token
+    assert TOKEN not in cookie  # a random session id, never the token
     assert api.client.get("/").status_code == 200
     # The cookie opens dashboard pages only, not the JSON API (no cross-site API calls).
     assert api.client.get("/v1/runs").status_code == 401
-    api.client.post("/logout")
+    api.client.post("/logout", data={"csrf_token": form_token(api.client.get("/").text)})
     assert api.client.get("/").status_code == 401
 
 
@@ -109,18 +111,18 @@ def test_no_token_refuses_to_start_unless_insecure_localhost(data_dir):
 def test_serve_command_refuses_without_token_or_off_loopback(monkeypatch, data_dir, capsys):
     monkeypatch.setenv("AGENTCPT_DATA_DIR", str(data_dir))
     monkeypatch.delenv("AGENTCPT_API_TOKEN", raising=False)
-    get_settings.cache_clear()
+    get_api_settings.cache_clear()
     try:
         assert cli_main(["serve", "--port", "1"]) == 2
         assert "AGENTCPT_API_TOKEN is not set" in capsys.readouterr().err
         assert cli_main(["serve", "--insecure-localhost", "--host", "0.0.0.0", "--port", "1"]) == 2
         assert "loopback" in capsys.readouterr().err
         monkeypatch.setenv("AGENTCPT_API_TOKEN", "changeme")
-        get_settings.cache_clear()
+        get_api_settings.cache_clear()
         assert cli_main(["serve", "--port", "1"]) == 2
         assert "placeholder" in capsys.readouterr().err
     finally:
-        get_settings.cache_clear()
+        get_api_settings.cache_clear()
 
 
 @pytest.mark.parametrize(

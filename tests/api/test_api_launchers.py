@@ -92,7 +92,7 @@ def test_ray_launcher_submits_the_driver_command_and_maps_job_states(tmp_path):
     assert launcher.probe(handle, req.log_path).alive is None  # cannot tell: keep the last state
 
 
-def test_a_spec_with_a_ray_address_runs_through_the_ray_backend(data_dir):
+def test_runs_go_to_the_cluster_of_agentcpt_ray_address_through_the_jobs_api(data_dir):
     clients: list[FakeJobClient] = []
 
     def factory(address: str) -> RayJobLauncher:
@@ -102,36 +102,36 @@ def test_a_spec_with_a_ray_address_runs_through_the_ray_backend(data_dir):
 
         return RayJobLauncher(address, client_factory=client)
 
-    app = create_app(settings_for(data_dir), launchers=LauncherRegistry(ray=factory))
+    settings = settings_for(data_dir, ray_address="http://10.0.0.5:8265")
+    app = create_app(settings, launchers=LauncherRegistry(ray=factory))
     with TestClient(app) as client:
-        resp = client.post(
-            "/v1/runs", json=minimal_spec(execution={"ray_address": "10.0.0.5:6379"}), headers=AUTH
-        )
+        resp = client.post("/v1/runs", json=minimal_spec(), headers=AUTH)
         assert resp.status_code == 201, resp.text
         run = resp.json()
         assert run["backend"] == "ray" and run["state"] == "queued"
-        assert clients[0].address == "10.0.0.5:6379" and len(clients[0].submitted) == 1
+        assert clients[0].address == "http://10.0.0.5:8265" and len(clients[0].submitted) == 1
+        # The driver joins the cluster it runs on, whatever the (stored) spec says.
+        assert clients[0].submitted[0]["entrypoint"].endswith("--ray-address auto")
         # The job ended without the driver writing a final state: failed, with the job's logs.
         clients[0].status = "FAILED"
         run = client.get(f"/v1/runs/{run['run_id']}", headers=AUTH).json()
         assert run["state"] == "failed" and "Traceback: boom" in run["error"]
 
 
-def test_an_unreachable_ray_cluster_is_422_naming_execution_ray_address(data_dir):
+def test_an_unreachable_operator_cluster_is_503_and_creates_nothing(data_dir):
     def factory(address: str) -> RayJobLauncher:
         def client(addr: str) -> FakeJobClient:
             raise ConnectionError(f"cannot connect to {addr}")
 
         return RayJobLauncher(address, client_factory=client)
 
-    app = create_app(settings_for(data_dir), launchers=LauncherRegistry(ray=factory))
+    app = create_app(settings_for(data_dir, ray_address="nowhere:1"), launchers=LauncherRegistry(ray=factory))
     with TestClient(app) as client:
-        resp = client.post(
-            "/v1/runs", json=minimal_spec(execution={"ray_address": "nowhere:1"}), headers=AUTH
-        )
-        assert resp.status_code == 422
-        assert resp.json()["error"]["field"] == "execution.ray_address"
+        resp = client.post("/v1/runs", json=minimal_spec(), headers=AUTH)
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "backend_unavailable"
         assert client.get("/v1/runs", headers=AUTH).json()["count"] == 0
+        assert not (data_dir / "runs").exists() or not any((data_dir / "runs").iterdir())
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_driver():
@@ -171,11 +171,9 @@ def test_resuming_a_ray_run_whose_cluster_is_down_is_503_and_changes_nothing(dat
 
         return RayJobLauncher(address, client_factory=client)
 
-    app = create_app(settings_for(data_dir), launchers=LauncherRegistry(ray=factory))
+    app = create_app(settings_for(data_dir, ray_address="10.0.0.5:8265"), launchers=LauncherRegistry(ray=factory))
     with TestClient(app) as client:
-        run_id = client.post(
-            "/v1/runs", json=minimal_spec(execution={"ray_address": "10.0.0.5:6379"}), headers=AUTH
-        ).json()["run_id"]
+        run_id = client.post("/v1/runs", json=minimal_spec(), headers=AUTH).json()["run_id"]
         clients[0].status = "FAILED"
         assert client.get(f"/v1/runs/{run_id}", headers=AUTH).json()["state"] == "failed"
         clients[0].reachable = False

@@ -1,13 +1,16 @@
-"""A run whose spec names a Ray cluster is submitted through the Ray Jobs API and runs there.
+"""With ``AGENTCPT_RAY_ADDRESS`` set, a submitted run goes through the Ray Jobs API and runs there.
 
 A one-node cluster (``ray start --head`` with its dashboard, which serves the Jobs API) and
 the API server run in their own processes with ``RAY_AUTH_MODE=token``: Ray 2.60 clusters
 use token auth, and their job agent never registers without it. The driver (``agentcpt
-run``) runs as a Ray job and writes the run directory, which the API reads as for a local run.
+run … --ray-address auto``) runs as a Ray job, joins that cluster and writes the run
+directory, which the API reads as for a local run. The spec names no cluster: the operator's
+setting decides.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,7 +73,7 @@ def _wait_for_job_agent(
 
 
 @pytest.mark.slow
-def test_a_run_with_a_cluster_address_runs_as_a_ray_job(tmp_path, fake_llm):
+def test_with_agentcpt_ray_address_a_run_runs_as_a_ray_job_on_that_cluster(tmp_path, fake_llm):
     data_dir = tmp_path / "data"
     (data_dir / "inputs").mkdir(parents=True)
     for page in sorted(PAGES.glob("*.html"))[:2]:
@@ -107,10 +110,14 @@ def test_a_run_with_a_cluster_address_runs_as_a_ray_job(tmp_path, fake_llm):
             "inputs": {"web": ["inputs/*.html"]},
             "llm": {"base_url": fake_llm.base_url, "model": "fake-model"},
             "stages": {"documents": {"min_chars": 100}},
-            "execution": {"ray_address": f"127.0.0.1:{gcs_port}"},
+        }
+        server_env = {
+            "RAY_AUTH_MODE": "token",
+            "AGENTCPT_RAY_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
+            "AGENTCPT_LLM_ENDPOINTS": json.dumps([{"base_url": fake_llm.base_url}]),
         }
         with (
-            ApiServer(data_dir, TOKEN, env={"RAY_AUTH_MODE": "token"}) as server,
+            ApiServer(data_dir, TOKEN, env=server_env) as server,
             httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as client,
         ):
             resp = client.post("/v1/runs", json=spec)

@@ -3,6 +3,7 @@ restarted API finds the run, reconciles it to completion and lists it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def test_run_survives_an_api_kill_and_the_restarted_api_completes_and_lists_it(t
         "stages": {"documents": {"min_chars": 100}, "memory": {}},
         "execution": {"unit_size": 2},
     }
-    first = ApiServer(data_dir, TOKEN).start()
+    # REST specs may use only the endpoints the operator lists (AGENTCPT_LLM_ENDPOINTS).
+    env = {"AGENTCPT_LLM_ENDPOINTS": json.dumps([{"base_url": fake_llm.base_url}])}
+    first = ApiServer(data_dir, TOKEN, env=env).start()
     run_id = None
     try:
         with httpx.Client(base_url=first.base_url, headers=first.headers, timeout=30) as client:
@@ -46,7 +49,7 @@ def test_run_survives_an_api_kill_and_the_restarted_api_completes_and_lists_it(t
         assert psutil.pid_exists(status.pid), "the driver must outlive the API"
 
         with (
-            ApiServer(data_dir, TOKEN) as second,
+            ApiServer(data_dir, TOKEN, env=env) as second,
             httpx.Client(base_url=second.base_url, headers=second.headers, timeout=30) as client,
         ):
             run = wait_for_state(client, run_id, timeout_s=300)

@@ -42,7 +42,7 @@ QUESTIONS, UNIT_SIZE, CONCURRENCY = 120, 10, 8
 def planning_spec(base_url: str) -> dict[str, Any]:
     return {
         "name": "resume",
-        "llm": {"base_url": base_url, "max_concurrency": CONCURRENCY, "temperature": 0.0},
+        "llm": {"base_url": base_url, "model": "fake-model", "max_concurrency": CONCURRENCY, "temperature": 0.0},
         "stages": {"planning": {}},
         "execution": {"unit_size": UNIT_SIZE, "max_units_in_flight": 2},
         "output_dir": "runs",

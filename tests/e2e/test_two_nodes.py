@@ -103,7 +103,7 @@ def test_two_ray_nodes_run_a_spec_and_share_one_llm_limiter(
     with FakeOpenAIServer(config) as server:
         spec = {
             "name": "two-nodes",
-            "llm": {"base_url": server.base_url, "max_concurrency": CEILING, "temperature": 0.0},
+            "llm": {"base_url": server.base_url, "model": "fake-model", "max_concurrency": CEILING, "temperature": 0.0},
             "stages": {"planning": {}},
             "execution": {"unit_size": UNIT_SIZE},
             "output_dir": "runs",

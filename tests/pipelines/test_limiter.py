@@ -11,6 +11,7 @@ from pipelines.limiter import (
     ClusterLimiter,
     ClusterPermitSource,
     EndpointLimits,
+    PermitSourceClosed,
     cluster_permit_source,
     start_limiter,
 )
@@ -19,12 +20,21 @@ from synth.llm.limits import Grant, Permit, PermitResult
 
 
 def in_process(limiter: ClusterLimiter, client_id: str, **kwargs: Any) -> ClusterPermitSource:
-    """A worker-side permit source trading with ``limiter`` directly (no Ray)."""
+    """A worker-side permit source trading with ``limiter`` directly (no Ray).
+
+    Each call runs as its own task behind ``asyncio.shield``, as a Ray actor call does: a
+    caller that stops waiting (is cancelled) does not stop the call inside the limiter.
+    """
 
     async def exchange(reports: list[tuple[Permit, PermitResult]], n: int, tokens: int, wait: bool) -> Grant:
-        return await limiter.exchange(client_id, reports, n, tokens, wait)
+        return await asyncio.shield(
+            asyncio.ensure_future(limiter.exchange(client_id, reports, n, tokens, wait))
+        )
 
-    return ClusterPermitSource(exchange, **kwargs)
+    async def close(reports: list[tuple[Permit, PermitResult]]) -> int:
+        return await asyncio.shield(asyncio.ensure_future(limiter.close_client(client_id, reports)))
+
+    return ClusterPermitSource(exchange, close, **kwargs)
 
 
 class FakeClock:
@@ -226,8 +236,121 @@ def test_limiter_actor_serves_workers_through_ray(ray_cluster: Any) -> None:
         ray.kill(actor, no_restart=True)
     assert all(p >= 1 for p in peaks)
     assert stats.peak_in_flight <= 4
-    assert stats.in_flight == 0
+    # Exact, whatever the timing: closing a source hands back every permit it held or was
+    # about to receive (a long poll of one client still running while it closed, say).
+    assert stats.in_flight == 0 and stats.clients == 0
     assert stats.permits_granted >= 40
+
+
+def test_many_workers_closing_while_leases_are_in_flight_return_every_permit_through_ray(
+    ray_cluster: Any,
+) -> None:
+    import ray
+
+    ceiling = 6
+    actor = start_limiter(EndpointLimits(max_concurrency=ceiling), long_poll_s=2.0)
+
+    @ray.remote(num_cpus=0)
+    def worker(handle: Any, client: str, seed: int) -> int:
+        import random
+
+        rng = random.Random(seed)
+
+        async def go() -> int:
+            source = cluster_permit_source(handle, client, batch_size=rng.choice([1, 2, 4]))
+            done = 0
+
+            async def one() -> None:
+                nonlocal done
+                permit = await source.acquire()
+                await asyncio.sleep(rng.uniform(0.0, 0.02))
+                source.release(permit, PermitResult.ok())
+                done += 1
+
+            tasks = [asyncio.ensure_future(one()) for _ in range(rng.randint(5, 40))]
+            # Stop at a random moment, as a worker shutting down does: requests are cancelled
+            # (those holding a permit release it), and the source closes at once, while its
+            # pump may be mid-call: reporting, leasing for the cancelled waiters, long-polling.
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await source.aclose()
+            return done
+
+        return asyncio.run(go())
+
+    try:
+        for round_ in range(3):
+            done = ray.get([worker.remote(actor, f"r{round_}-c{i}", 100 * round_ + i) for i in range(8)])
+            stats = ray.get(actor.stats.remote())
+            assert sum(done) > 0
+            assert stats.in_flight == 0 and stats.clients == 0, (round_, stats)
+            assert stats.peak_in_flight <= ceiling
+    finally:
+        ray.kill(actor, no_restart=True)
+
+
+def test_closing_while_a_long_poll_is_in_flight_leaves_no_permit_behind() -> None:
+    async def scenario() -> Any:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=1), long_poll_s=5.0)
+        holder = in_process(limiter, "holder")
+        held = await holder.acquire()
+        waiter = in_process(limiter, "waiter")
+        pending = asyncio.ensure_future(waiter.acquire())
+        await asyncio.sleep(0.05)  # the waiter's pump is now long-polling inside the limiter
+        t0 = asyncio.get_running_loop().time()
+        await waiter.aclose()  # must not wait out the 5 s long poll
+        closed_in = asyncio.get_running_loop().time() - t0
+        holder.release(held, PermitResult.ok())  # frees the permit the long poll waited for
+        await asyncio.sleep(0.05)
+        await holder.aclose()
+        with pytest.raises(PermitSourceClosed):
+            await pending
+        return closed_in, limiter.stats()
+
+    closed_in, stats = asyncio.run(scenario())
+    assert closed_in < 1.0
+    assert stats.in_flight == 0 and stats.clients == 0
+
+
+def test_a_stress_of_sources_closing_at_random_moments_keeps_exact_accounting() -> None:
+    import random
+
+    async def scenario(seed: int) -> tuple[int, Any]:
+        rng = random.Random(seed)
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=5), long_poll_s=0.5)
+        peak = in_use = 0
+
+        async def client(i: int) -> None:
+            nonlocal peak, in_use
+            source = in_process(limiter, f"c{i}", batch_size=rng.choice([1, 3, 8]), linger_s=0.01)
+
+            async def one() -> None:
+                nonlocal peak, in_use
+                permit = await source.acquire()
+                in_use += 1
+                peak = max(peak, in_use)
+                try:
+                    await asyncio.sleep(rng.uniform(0, 0.01))
+                finally:
+                    in_use -= 1
+                    source.release(permit, rng.choice([PermitResult.ok(), PermitResult.error()]))
+
+            tasks = [asyncio.ensure_future(one()) for _ in range(rng.randint(1, 30))]
+            await asyncio.sleep(rng.uniform(0, 0.05))
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await source.aclose()  # its pump may be mid-call right now
+
+        await asyncio.gather(*(client(i) for i in range(20)))
+        return peak, limiter.stats()
+
+    for seed in range(10):
+        peak, stats = asyncio.run(scenario(seed))
+        assert peak <= 5 and stats.peak_in_flight <= 5
+        assert stats.in_flight == 0 and stats.clients == 0, (seed, stats)
 
 
 @pytest.mark.parametrize("n", [0, -1])
@@ -286,3 +409,54 @@ def test_a_cancelled_waiter_does_not_leak_its_permit() -> None:
         return limiter.stats()
 
     assert asyncio.run(scenario()).in_flight == 0
+
+
+def test_heartbeats_are_skipped_while_the_client_talks_to_the_limiter_anyway() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from pipelines.limiter import Heartbeat
+
+    pings: list[str] = []
+    handle = SimpleNamespace(heartbeat=SimpleNamespace(remote=pings.append))  # an actor handle's shape
+    busy = Heartbeat(handle, "busy", interval_s=0.05, last_contact=time.monotonic).start()
+    idle = Heartbeat(handle, "idle", interval_s=0.05, last_contact=lambda: float("-inf")).start()
+    time.sleep(0.5)
+    busy.stop()
+    idle.stop()
+    assert "busy" not in pings and pings.count("idle") >= 3
+
+
+def _busy_worker(limiter: ClusterLimiter, reuse: int, outcome: PermitResult) -> tuple[int, int, Any]:
+    async def scenario() -> tuple[int, int, Any]:
+        source = in_process(limiter, "w", batch_size=4, reuse=reuse)
+        in_use = peak = 0
+
+        async def one() -> None:
+            nonlocal in_use, peak
+            permit = await source.acquire()
+            in_use += 1
+            peak = max(peak, in_use)
+            await asyncio.sleep(0.002)
+            in_use -= 1
+            source.release(permit, outcome)
+
+        await asyncio.gather(*(one() for _ in range(200)))
+        trips = source.round_trips
+        await source.aclose()
+        return trips, peak, limiter.stats()
+
+    return asyncio.run(scenario())
+
+
+def test_a_succeeded_permit_passes_to_the_next_waiter_without_a_round_trip_up_to_reuse_times() -> None:
+    plain_trips, _, _ = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 0, PermitResult.ok())
+    trips, peak, stats = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 3, PermitResult.ok())
+    assert peak <= 4 and stats.peak_in_flight <= 4
+    assert trips * 2 < plain_trips  # reuse=3: about a quarter of the calls
+    assert stats.permits_granted >= 200 / 4 and stats.in_flight == 0
+
+
+def test_a_throttled_permit_is_never_reused() -> None:
+    _, _, stats = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 3, PermitResult.throttled())
+    assert stats.permits_granted >= 200 and stats.throttled == 200 and stats.in_flight == 0

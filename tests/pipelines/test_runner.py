@@ -1,4 +1,4 @@
-"""The runner on a two-node Ray cluster, with the toy stages of ``pipelines.testing``."""
+"""The runner on a two-node Ray cluster, with the toy stages of ``testing.toy_stages``."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from pipelines.progress import LogDisplay
 from pipelines.rundirs import prepare_run_dir
 from pipelines.runner import SessionResult, run_session
-from pipelines.testing import Behaviour, read_trace, toy_pipeline
 from synth.runstate import RunDir
 from synth.shards import ShardStore
 from synth.spec import SpecError, parse_spec
 from synth.stage import Stage
+from testing.toy_stages import Behaviour, read_trace, toy_pipeline
 
 
 def toy_spec(unit_size: int = 5, corpus: bool = True, **execution: Any) -> Any:
@@ -141,6 +141,32 @@ def test_a_failing_unit_fails_the_run_and_resume_redoes_only_what_is_missing(
     failed = store.read_table("questions", kind="failed")
     assert failed.num_rows == 6
     assert len(set(ids(second.run_dir, "corpus"))) == len(ids(second.run_dir, "corpus"))
+
+
+def test_a_corrupt_shard_never_turns_the_closing_dataset_card_into_a_crash(
+    tmp_path: Path, ray_cluster: Any
+) -> None:
+    first = run(tmp_path, toy_pipeline(12), toy_spec(unit_size=4))
+    assert first.outcome.state == "succeeded", first.outcome.error
+    victim = ShardStore(first.run_dir).files("corpus")[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+
+    buf = io.StringIO()
+    # Resume: nothing is left to do, and the card reads the corrupt shard at the end.
+    second = run_session(
+        toy_spec(unit_size=4),
+        run_id=first.run_id,
+        base_dir=tmp_path,
+        stages=toy_pipeline(12),
+        display=LogDisplay(buf),
+        out=buf,
+        print_summary=False,
+    )
+    assert second.outcome.state == "succeeded"
+    assert "dataset card not written: " in buf.getvalue()
+    assert victim.name in buf.getvalue()
 
 
 def test_resuming_with_an_output_changing_spec_is_refused_before_anything_runs(tmp_path: Path) -> None:

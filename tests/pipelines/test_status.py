@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.status import cancel_command, status_command
 from agentcpt.cli import main
+from pipelines.status import cancel_command, status_command
 from synth.errors import UsageError
 from synth.runstate import LLMUsage, RunDir, RunProgress, StageProgress
 

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.testing import CountingQuestions, EchoPlanning
 from pipelines.units import DROPPED_UNIT, UnitTask
 from pipelines.worker import StageReader, UnitWorker, WorkerJob
 from synth.records import QuestionRecord
 from synth.shards import ShardStore
 from synth.spec import RunSpec, parse_spec
 from synth.stage import Stage, StageContext, StageOutput
+from testing.toy_stages import CountingQuestions, EchoPlanning
 
 
 def spec() -> RunSpec:

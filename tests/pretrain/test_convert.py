@@ -7,6 +7,7 @@ import multiprocessing as mp
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -90,6 +91,28 @@ def _qwen2_bias():
     return Qwen2ForCausalLM(cfg)
 
 
+def _qwen3_moe(normalize_top_k: bool = True, tied: bool = False):
+    """A tiny random Qwen3-MoE (the paper's base family): 8 experts, 2 per token."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    cfg = Qwen3MoeConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=normalize_top_k,
+        tie_word_embeddings=tied,
+        max_position_embeddings=256,
+    )
+    return Qwen3MoeForCausalLM(cfg)
+
+
 BUILDERS = {
     "llama_tied": lambda: _llama_tied(),
     "llama3_rope_scaling": lambda: _llama_tied(
@@ -104,6 +127,8 @@ BUILDERS = {
     "linear_rope_scaling": lambda: _llama_tied({"rope_type": "linear", "factor": 4.0}),
     "qwen3_qk_norm_untied": _qwen3_untied,
     "qwen2_qkv_bias": _qwen2_bias,
+    "qwen3_moe": _qwen3_moe,
+    "qwen3_moe_unnormalized_tied": lambda: _qwen3_moe(normalize_top_k=False, tied=True),
 }
 
 
@@ -113,10 +138,10 @@ def megatron_cpu() -> Iterator[None]:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from pretrain import cpu_compat
+    from pretrain.runtime import megatron_cpu
 
-    cpu_compat.patch_megatron_for_cpu()
-    owns = cpu_compat.init_cpu_process_group()
+    megatron_cpu.patch_megatron_for_cpu()
+    owns = megatron_cpu.init_cpu_process_group()
     parallel_state.initialize_model_parallel(1, 1)
     yield
     parallel_state.destroy_model_parallel()
@@ -167,6 +192,7 @@ def test_converted_gptmodel_gives_hf_logits(
     with torch.no_grad():
         expected = hf(ids).logits
     diff = (_mcore_logits(gpt, ids, arch.vocab_size) - expected).abs().max().item()
+    print(f"{name}: HF vs mcore max |delta logit| {diff:.3e}")
     assert diff < 1e-4, f"{name}: max abs logit difference {diff}"
 
 
@@ -274,11 +300,22 @@ def test_tensor_that_does_not_match_the_architecture_is_named() -> None:
         convert.hf_to_mcore(state, arch)
 
 
+QWEN3_MOE_KEYS = {
+    "model_type": "qwen3_moe",
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 8,
+}
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"model_type": "qwen3_moe"}, "model_type"),
+        ({"model_type": "qwen2_moe"}, "model_type"),
         ({"num_local_experts": 8}, "num_experts"),
+        ({**QWEN3_MOE_KEYS, "decoder_sparse_step": 2}, "decoder_sparse_step"),
+        ({**QWEN3_MOE_KEYS, "mlp_only_layers": [0]}, "mlp_only_layers"),
+        ({**QWEN3_MOE_KEYS, "shared_expert_intermediate_size": 64}, "shared_expert"),
         ({"use_sliding_window": True, "model_type": "qwen2"}, "sliding_window"),
         ({"mlp_bias": True}, "mlp_bias"),
         ({"hidden_act": "gelu"}, "hidden_act"),
@@ -333,9 +370,9 @@ def _parallel_worker(rank: int, port: int, hf_dir: str, out_dir: str) -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from pretrain import cpu_compat
+    from pretrain.runtime import megatron_cpu
 
-    cpu_compat.patch_megatron_for_cpu()
+    megatron_cpu.patch_megatron_for_cpu()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         arch = model.load_architecture(Path(hf_dir))
@@ -381,14 +418,14 @@ def _parallel_worker(rank: int, port: int, hf_dir: str, out_dir: str) -> None:
 @pytest.mark.slow
 def test_tensor_and_pipeline_parallel_ranks_receive_the_right_slices(tmp_path: Path) -> None:
     """What the GPU path relies on to load HF weights into TP/PP ranks, run with gloo on CPU."""
-    from pretrain.cpu_compat import _free_port
+    from pretrain.runtime.megatron_cpu import free_port
 
     torch.manual_seed(0)
     hf = _qwen3_untied()
     _perturb(hf, seed=2)
     hf.eval().save_pretrained(tmp_path / "hf")
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_parallel_worker, args=(r, port, str(tmp_path / "hf"), str(tmp_path)))
         for r in range(2)
@@ -413,6 +450,81 @@ def test_tensor_and_pipeline_parallel_ranks_receive_the_right_slices(tmp_path: P
     assert "embedding.word_embeddings.weight" in first and "output_layer.weight" not in first
     assert torch.equal(last["output_layer.weight"][:100], hf_state["lm_head.weight"])
     assert torch.equal(last["decoder.final_layernorm.weight"], hf_state["model.norm.weight"])
+
+
+def test_fused_transformers5_expert_tensors_map_like_per_expert_ones() -> None:
+    """transformers 5 holds experts as gate_up_proj [E, 2I, H] / down_proj [E, H, I] in memory."""
+    torch.manual_seed(0)
+    hf = _qwen3_moe()
+    _perturb(hf, seed=5)
+    fused = dict(hf.state_dict())  # in-memory (fused) names
+    assert "model.layers.0.mlp.experts.gate_up_proj" in fused
+    per_expert = convert.per_expert_hf_state(fused)
+    assert "model.layers.0.mlp.experts.7.down_proj.weight" in per_expert
+    gate_up = fused["model.layers.1.mlp.experts.gate_up_proj"][3]
+    assert torch.equal(per_expert["model.layers.1.mlp.experts.3.gate_proj.weight"], gate_up[:32])
+    assert torch.equal(per_expert["model.layers.1.mlp.experts.3.up_proj.weight"], gate_up[32:])
+    arch = model.architecture_from_hf(hf.config.to_dict())
+    a, b = convert.hf_to_mcore(fused, arch), convert.hf_to_mcore(per_expert, arch)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(convert.mcore_to_hf(a, arch)) == set(per_expert)  # export writes the checkpoint names
+
+
+def _expert_parallel_worker(rank: int, port: int, hf_dir: str, out_dir: str) -> None:
+    """One of two gloo ranks with EP=2: its half of the experts, renumbered from 0."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from pretrain.runtime import megatron_cpu
+
+    megatron_cpu.patch_megatron_for_cpu()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        arch = model.load_architecture(Path(hf_dir))
+        parallel_state.initialize_model_parallel(expert_model_parallel_size=2, expert_tensor_parallel_size=1)
+        cfg = model.transformer_config(
+            arch, model.ParallelSizes(expert=2), torch.float32, use_cpu_initialization=True
+        )
+        gpt = model.build_gpt_model(arch, cfg, "local", SEQ)
+        convert.load_hf_into_model(gpt, Path(hf_dir), arch)
+        torch.save(dict(gpt.state_dict()), Path(out_dir) / f"ep_rank{rank}.pt")
+        parallel_state.destroy_model_parallel()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_expert_parallel_ranks_receive_their_contiguous_experts(tmp_path: Path) -> None:
+    """What the GPU path relies on to load HF experts into EP ranks, run with gloo on CPU."""
+    from pretrain.runtime.megatron_cpu import free_port
+
+    torch.manual_seed(0)
+    hf = _qwen3_moe()
+    _perturb(hf, seed=6)
+    hf.eval().save_pretrained(tmp_path / "hf")
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [
+        ctx.Process(target=_expert_parallel_worker, args=(r, port, str(tmp_path / "hf"), str(tmp_path)))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0, "an expert-parallel worker failed (see its stderr above)"
+    hf_state = convert.per_expert_hf_state(hf.state_dict())
+    for rank in range(2):
+        local = torch.load(tmp_path / f"ep_rank{rank}.pt")
+        assert sum(".linear_fc2.weight" in k and "layers.1." in k for k in local) == 4  # 8 experts / EP 2
+        for j in range(4):
+            e = 4 * rank + j
+            src, dst = f"model.layers.1.mlp.experts.{e}.", f"decoder.layers.1.mlp.experts.local_experts.{j}."
+            assert torch.equal(local[dst + "linear_fc2.weight"], hf_state[src + "down_proj.weight"])
+            assert torch.equal(local[dst + "linear_fc1.weight"][:32], hf_state[src + "gate_proj.weight"])
+        assert torch.equal(
+            local["decoder.layers.1.mlp.router.weight"], hf_state["model.layers.1.mlp.gate.weight"]
+        )
 
 
 # ----------------------------------------------------------------------------- the real model
@@ -446,15 +558,16 @@ def test_smollm2_135m_parity_and_export_round_trip(megatron_cpu: None, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("builder", [_qwen3_untied, _qwen3_moe], ids=["qwen3", "qwen3_moe"])
 def test_dist_checkpoint_of_a_gpu_run_exports_to_hf_on_cpu(
-    megatron_cpu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    megatron_cpu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, builder: Any
 ) -> None:
     """`python -m pretrain.convert export` on the format GPU runs write (megatron dist_checkpointing)."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.strategies import filesystem_async
     from transformers import AutoModelForCausalLM
 
-    from pretrain.train import TRAIN_STATE_FILE, TrainState, dist_ckpt_metadata
+    from pretrain.checkpoint import TRAIN_STATE_FILE, TrainState, dist_ckpt_metadata
 
     # Writing one needs CUDA (a stream sync and a CUDA flag tensor); only this test's
     # writer is redirected to the CPU, the reader under test is left alone.
@@ -467,7 +580,7 @@ def test_dist_checkpoint_of_a_gpu_run_exports_to_hf_on_cpu(
     monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
 
     torch.manual_seed(0)
-    hf = _qwen3_untied()
+    hf = builder()
     _perturb(hf, seed=4)
     hf.eval().save_pretrained(tmp_path / "hf")
     arch, gpt = _mcore_from_hf(tmp_path / "hf")

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from agentcpt.cli import main as cli_main
 from pretrain import tokenize as tok_mod
 from pretrain.blend import load_blend
 from pretrain.tokenize import tokenize_command, tokenize_files
-from agentcpt.cli import main as cli_main
 from synth.records import CorpusRecord, Failure
 from synth.shards import ShardStore
 from synth.spec import RunSpec, StagesConfig, dump_spec
@@ -109,7 +109,9 @@ def test_megatron_indexed_dataset_holds_one_document_per_corpus_row_with_tokeniz
     tmp_path: Path, tiny_tokenizer_dir: Path
 ) -> None:
     run_id = make_run(tmp_path / "runs", tiny_tokenizer_dir)
-    assert tokenize_command(run_id=run_id, output_dir=str(tmp_path / "runs"), workers=2) == 0
+    assert (
+        tokenize_command(run_id=run_id, output_dir=str(tmp_path / "runs"), workers=2, heldout_fraction=0) == 0
+    )
 
     tok = load_tokenizer(tiny_tokenizer_dir)
     corpus = ShardStore(tmp_path / "runs" / run_id).read_table("corpus").to_pylist()
@@ -221,7 +223,7 @@ def test_blend_file_weights_are_kind_weight_times_tokens_and_megatron_parses_the
     tmp_path: Path, tiny_tokenizer_dir: Path
 ) -> None:
     run_id = make_run(tmp_path / "runs", tiny_tokenizer_dir, weights={"planning": 3.0, "knowledge": 0.0})
-    tokenize_command(run_id=run_id, output_dir=str(tmp_path / "runs"))
+    tokenize_command(run_id=run_id, output_dir=str(tmp_path / "runs"), heldout_fraction=0)
     out = tmp_path / "runs" / run_id / "megatron"
     assert sorted(p.name for p in out.glob("blend*.json")) == ["blend_cpt1.json", "blend_cpt2.json"]
     blend = load_blend(out / "blend_cpt1.json")
@@ -391,3 +393,65 @@ def test_ids_equal_the_real_smollm2_tokenizer_on_real_trajectories(tmp_path: Pat
         assert ds[i].tolist() == reference(text)["input_ids"] + [
             reference.convert_tokens_to_ids("<|endoftext|>")
         ]
+
+
+# ---------------------------------------------------------------------------
+# Megatron-LM's own data arguments
+# ---------------------------------------------------------------------------
+
+
+def test_data_args_files_read_back_through_megatron_lms_argument_parsing(
+    tmp_path: Path, tiny_tokenizer_dir: Path
+) -> None:
+    """--data-args-path is read as get_blend_from_list(f.read().split()); --per-split-data-args-path as JSON."""
+    import torch.distributed as dist
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    run_id = make_run(tmp_path / "runs", tiny_tokenizer_dir, rows=30)
+    tokenize_command(run_id=run_id, output_dir=str(tmp_path / "runs"))
+    out = tmp_path / "runs" / run_id / "megatron"
+    for stage in (1, 2):
+        blend = load_blend(out / f"blend_cpt{stage}.json")
+        text = (out / f"data_args_cpt{stage}.txt").read_text()
+        assert all(len(line.split()) == 2 for line in text.splitlines())  # one `weight prefix` pair per entry
+        prefixes, weights = get_blend_from_list(text.split())
+        assert (prefixes, weights) == blend.megatron_blend()
+        assert not any(p.endswith("_heldout") for p in prefixes)
+
+    per_split = json.loads((out / "per_split_data_args_cpt1.json").read_text())
+    assert set(per_split) == {"train", "valid", "test"} and per_split["test"] is None
+    for split in ("train", "valid"):  # Megatron-LM splits strings before parsing
+        if isinstance(per_split[split], str):
+            per_split[split] = per_split[split].split()
+    train_blend = get_blend_from_list(per_split["train"])
+    valid_blend = get_blend_from_list(per_split["valid"])
+    assert valid_blend is not None and all(p.endswith("_heldout") for p in valid_blend[0])
+
+    tok = load_tokenizer(tiny_tokenizer_dir)
+
+    class MegatronTokenizer:
+        eod = tok.eod_id
+        pad = tok.eod_id
+        vocab_size = tok.vocab_size
+        unique_identifiers = {"class": "tiny-bpe", "path": str(tok.path)}
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        config = GPTDatasetConfig(
+            random_seed=1,
+            sequence_length=16,
+            blend_per_split=[train_blend, valid_blend, None],
+            path_to_cache=str(tmp_path / "cache"),
+            tokenizer=MegatronTokenizer(),
+            reset_position_ids=False,
+            reset_attention_mask=False,
+            eod_mask_loss=False,
+        )
+        train, valid, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [8, 4, None], lambda: True, config
+        ).build()
+    finally:
+        dist.destroy_process_group()
+    assert len(train) >= 8 and len(valid) >= 4

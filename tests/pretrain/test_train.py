@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from pretrain import data, flops, model, train
+from pretrain import checkpoint, data, flops, model, schedule, train
 from pretrain.config import CPTConfig
 
 warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
@@ -146,7 +146,7 @@ def test_resume_restores_step_optimizer_and_data_position_so_the_loss_curve_cont
     first = train.run(_config(workspace, tmp_path / "resumed", [stage]), exit_after_steps=k)[0]
     assert first.interrupted and len(first.losses) == k
 
-    saved = train.read_train_state(first.final_checkpoint)
+    saved = checkpoint.read_train_state(first.final_checkpoint)
     assert (saved.step, saved.consumed_samples) == (k, k * 4)
     assert saved.scheduler["num_steps"] == k
 
@@ -178,9 +178,9 @@ def test_held_out_kinds_are_not_trained_on_and_their_loss_drops(
 ) -> None:
     blends = data.stage_blends(workspace["blend"], ["rollout", "decision"], None, 0.0)
     assert all("rollout" not in p and "decision" not in p for p in blends.train.prefixes)
-    assert blends.valid is not None and sorted(Path(p).name for p in blends.valid.prefixes) == [
-        "cpt1_decision",
-        "cpt1_rollout",
+    assert [(e.name, [Path(p).name for p in e.blend.prefixes]) for e in blends.evals if e.blend] == [
+        ("held_out_kind/decision", ["cpt1_decision"]),
+        ("held_out_kind/rollout", ["cpt1_rollout"]),
     ]
     result = train.run(_config(workspace, tmp_path / "ckpt", [_stage(workspace, train_steps=12)]))[0]
     (start_step, before), (end_step, after) = result.evals[0], result.evals[-1]
@@ -212,7 +212,7 @@ def test_second_stage_starts_from_the_first_with_its_rope_base_and_exports_hf(
     cfg = _config(workspace, tmp_path / "ckpt", stages).model_copy(deep=True)
     cfg.checkpoint.export_hf = True
     first, second = train.run(cfg)
-    assert train.read_train_state(second.final_checkpoint).arch.rope_base == 40000.0
+    assert checkpoint.read_train_state(second.final_checkpoint).arch.rope_base == 40000.0
     log = (tmp_path / "ckpt" / "stage2" / "metrics.jsonl").read_text()
     assert str(first.final_checkpoint) in log  # stage 2's weights came from stage 1's final checkpoint
     exported = tmp_path / "ckpt" / "stage2" / "hf"
@@ -290,7 +290,7 @@ def test_megatron_scheduler_warms_up_then_decays(optim: dict[str, Any], expected
     from pretrain.config import OptimConfig
 
     opt = _OneParamOptimizer()
-    sched = train.make_scheduler(opt, OptimConfig.model_validate(optim), train_steps=10)
+    sched = schedule.make_scheduler(opt, OptimConfig.model_validate(optim), train_steps=10)
     seen = {}
     for step in range(11):
         seen[step] = opt.param_groups[0]["lr"]
@@ -347,7 +347,7 @@ def test_checkpoint_directories_are_replaced_atomically(workspace: dict[str, Pat
     assert (stage_dir / "latest").read_text() == "iter_0000004"
     shutil.rmtree(stage_dir / "iter_0000004")
     with pytest.raises(FileNotFoundError, match="latest"):
-        train.latest_checkpoint(stage_dir)
+        checkpoint.latest_checkpoint(stage_dir)
 
 
 # ----------------------------------------------------------------------------- make cpt-smoke
@@ -375,3 +375,190 @@ def test_smoke_config_holds_out_decisions_and_rollouts_of_the_corpus(
         and cfg.checkpoint.dir == str(tmp_path / "out")
         and cfg.model.hf_dir == "embedded"
     )
+
+
+# ----------------------------------------------------------------------------- preflight, document masks
+
+
+def test_layout_preflight_refuses_a_later_stage_before_any_step(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    from pretrain.layout import LayoutError
+
+    stages = [
+        _stage(workspace, train_steps=4),
+        _stage(workspace, name="stage2", seq_length=128, parallel={"tensor": 2, "context": 8}),
+    ]
+    with pytest.raises(
+        LayoutError, match=r"^stages\.stage2\.parallel: .* = 16 devices per replica, the job has 1"
+    ):
+        train.run(_config(workspace, tmp_path / "ckpt", stages))
+    assert not (tmp_path / "ckpt" / "stage1").exists()  # stage 1 never started
+
+
+def test_document_masks_reach_the_loop_and_change_what_packed_short_documents_learn(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    """Short documents (sentences), several per 64-token sample: masks change every step's loss."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pretrain.tokenize import tokenize_files
+    from synth.tokens import load_tokenizer
+
+    sentences = [s.strip() for t in _texts(8) for s in t.split(". ") if 20 < len(s.strip()) < 120][:400]
+    rows = [{"text": s, "kind": KINDS[i % 2], "cpt_stage": 1} for i, s in enumerate(sentences)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "short.parquet")
+    tokenize_files(
+        [tmp_path / "short.parquet"],
+        load_tokenizer(workspace["hf"]),
+        str(tmp_path / "short") + "/",
+        progress_stream=None,
+    )
+    short = {**workspace, "blend": tmp_path / "short" / "blend_cpt1.json"}
+
+    def losses(mask: bool) -> list[float]:
+        stage = _stage(short, train_steps=3, optim={"lr": 1e-2, "warmup_steps": 0})
+        stage["data"] = {"blend": str(short["blend"]), "document_mask": mask}
+        result = train.run(_config(short, tmp_path / f"ckpt-{mask}", [stage]))[0]
+        return [loss for _, loss in result.losses] + [result.evals[-1][1]]
+
+    masked, unmasked = losses(True), losses(False)
+    assert masked[0] != unmasked[0]  # the same first batch, attended differently
+    assert max(abs(a - b) for a, b in zip(masked, unmasked, strict=True)) > 1e-3
+    log = (tmp_path / "ckpt-True" / "stage1" / "metrics.jsonl").read_text()
+    assert "document masks on" in log
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+
+def _scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_hold_loss_lr_grad_norm_throughput_mfu_and_each_held_out_kind(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    train.run(_config(workspace, tmp_path / "ckpt", [_stage(workspace, train_steps=4)]))
+    scalars = _scalars(tmp_path / "ckpt" / "tensorboard" / "stage1")
+    for tag in ("train/loss", "train/lr", "train/grad_norm"):
+        assert [s for s, _ in scalars[tag]] == [1, 2, 3, 4], tag
+    assert [s for s, _ in scalars["train/tokens_per_s"]] == [4] and 0 < scalars["train/mfu"][0][1] < 1
+    for tag in (
+        "heldout/held_out_kind/decision",
+        "heldout/held_out_kind/rollout",
+        "heldout/held_out_kind",
+        "heldout/all",
+    ):
+        assert [s for s, _ in scalars[tag]] == [0, 4], tag
+
+
+def test_wandb_requested_without_the_package_is_a_one_line_error(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from pretrain.metrics import TrackerError
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.fail("this test expects wandb to be absent from the environment")
+    monkeypatch.setenv("WANDB_PROJECT", "agentcpt-test")
+    with pytest.raises(
+        TrackerError, match=r"WANDB_PROJECT is set but wandb is not installed \(pip install wandb\)"
+    ):
+        train.run(
+            _config(workspace, tmp_path / "ckpt", [_stage(workspace, train_steps=1, optim={"lr": 1e-3})])
+        )
+
+
+# ----------------------------------------------------------------------------- MoE
+
+
+def test_qwen3_moe_trains_on_cpu_and_resumes_exactly(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """The paper's base family: router + experts train through the same loop, and resume is exact."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    hf_dir = tmp_path / "moe"
+    torch.manual_seed(0)
+    cfg = Qwen3MoeConfig(
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=96,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        router_aux_loss_coef=0.01,
+        tie_word_embeddings=False,
+        max_position_embeddings=128,
+    )
+    Qwen3MoeForCausalLM(cfg).save_pretrained(hf_dir)
+    shutil.copy(workspace["hf"] / "tokenizer.json", hf_dir / "tokenizer.json")
+    moe_ws = {**workspace, "hf": hf_dir}
+    stage = _stage(moe_ws, train_steps=4)
+    straight = train.run(_config(moe_ws, tmp_path / "straight", [stage]))[0]
+    assert straight.losses[-1][1] < straight.losses[0][1]
+    assert straight.evals[-1][1] < straight.evals[0][1]
+    train.run(_config(moe_ws, tmp_path / "resumed", [stage]), exit_after_steps=2)
+    resumed = train.run(_config(moe_ws, tmp_path / "resumed", [stage]))[0]
+    assert [loss for _, loss in resumed.losses] == [loss for _, loss in straight.losses[2:]]
+    state = checkpoint.read_train_state(resumed.final_checkpoint)
+    assert state.arch.moe is not None and state.arch.moe.num_experts == 4
+
+
+# ----------------------------------------------------------------------------- the GPU path, as far as CPU can check
+
+
+def test_gpu_runtime_refuses_to_start_without_transformer_engine_before_touching_cuda(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    import importlib.util
+
+    from pretrain.runtime.gpu import GpuRuntime, GpuSetupError
+
+    if importlib.util.find_spec("transformer_engine") is not None:
+        pytest.fail("this test expects Transformer Engine to be absent (CPU machine)")
+    with pytest.raises(
+        GpuSetupError,
+        match=r"Transformer Engine is missing .*pip install --no-build-isolation -e '\.\[gpu\]'",
+    ) as err:
+        GpuRuntime(_config(workspace, tmp_path / "ckpt", [_stage(workspace)]))
+    assert "\n" not in str(err.value)
+
+
+def test_gpu_kernels_are_fused_and_the_reference_kernels_are_plain() -> None:
+    arch = model.architecture_from_hf(
+        json.loads(
+            (Path(__file__).resolve().parents[2] / "configs/cpt/hf_configs/qwen3-30b-a3b.json").read_text()
+        )
+    )
+    fused = model.fused_kernel_options(arch, "fused")
+    assert (
+        fused["bias_activation_fusion"] and fused["apply_rope_fusion"] and fused["cross_entropy_loss_fusion"]
+    )
+    assert fused["moe_permute_fusion"] and fused["moe_router_fusion"]
+    # Gradient-accumulation fusion needs apex's CUDA extension; on where it imports.
+    assert fused["gradient_accumulation_fusion"] is False  # not importable here
+    reference = model.fused_kernel_options(arch, "reference")
+    assert not any(reference.values())
+    selective = model.recompute_options("selective", arch, "fused")
+    assert selective == {"recompute_granularity": "selective", "recompute_modules": ["core_attn", "moe_act"]}
+
+
+def test_a_random_validation_share_without_documents_is_refused_not_looped_on(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    """12 documents per kind: 1% of them is none, where megatron's GPTDataset would spin forever."""
+    stage = _stage(workspace, train_steps=1, optim={"lr": 1e-3})
+    stage["data"] = {"blend": str(workspace["blend"]), "valid_fraction": 0.01}
+    with pytest.raises(data.DataError, match=r"valid_fraction=0\.01 holds out no document of cpt1_planning"):
+        train.run(_config(workspace, tmp_path / "ckpt", [stage]))

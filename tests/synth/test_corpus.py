@@ -21,6 +21,7 @@ from synth.records import (
     ReasoningRecord,
     Record,
     RolloutRecord,
+    TrajectoryStep,
 )
 from synth.shards import ShardStore
 from synth.spec import SpecError, parse_spec
@@ -75,16 +76,22 @@ def reasoning(i: int, text: str, correct: bool = True) -> ReasoningRecord:
     )  # fmt: skip
 
 
-def rollout(i: int, text: str | None) -> RolloutRecord:
+def rollout(i: int, text: str | None, outcome: str = "correct") -> RolloutRecord:
     return RolloutRecord(
-        id=f"roll{i}", run_id="r", question="q?", steps=[], outcome="correct", source="rollout", text=text
+        id=f"roll{i}",
+        run_id="r",
+        question="q?",
+        steps=[],
+        outcome=outcome,
+        source="rollout",
+        text=text,  # type: ignore[arg-type]
     )
 
 
-def decision(i: int, text: str) -> DecisionRecord:
+def decision(i: int, text: str, outcome: str = "correct", flag: str | None = None) -> DecisionRecord:
     return DecisionRecord(
-        id=f"dec{i}", run_id="r", trajectory_id=f"roll{i}", outcome="correct",
-        steps=[DecisionStep(options=["a", "b"], chosen=0)], text=text,
+        id=f"dec{i}", run_id="r", trajectory_id=f"roll{i}", outcome=outcome,  # type: ignore[arg-type]
+        steps=[DecisionStep(options=["a", "b"], chosen=0)], text=text, flag=flag,
     )  # fmt: skip
 
 
@@ -298,26 +305,107 @@ def test_benchmark_file_without_questions_is_a_spec_error(tmp_path: Path, tokeni
 # ---------------------------------------------------------------------------
 
 
-def test_tokens_route_to_stage_1_then_2_and_longer_texts_are_dropped_as_too_long(
+def test_the_mixture_rule_routes_short_texts_to_stage_1_and_long_correct_has_to_stage_2(
     tmp_path: Path, tokenizer_dir: Path
 ) -> None:
     tok = load_tokenizer(tokenizer_dir)
-    texts = {i: prose(10 + i, n) for i, n in enumerate((5, 40, 400))}
-    counts = {i: len(tok.backend.encode(t).ids) for i, t in texts.items()}
-    assert counts[0] < counts[1] < counts[2]
+    short, long, longer = (
+        [prose(10 + i, 5) for i in range(3)],
+        [prose(20 + i, 40) for i in range(3)],
+        prose(30, 400),
+    )
+
+    def n(text: str) -> int:
+        return len(tok.backend.encode(text).ids)
+
+    assert max(map(n, short)) < min(map(n, long)) and max(map(n, long)) < n(longer)
     corpus = {
         "tokenizer": str(tokenizer_dir),
-        "stage1_max_tokens": counts[0],  # boundary: equal goes to stage 1
-        "stage2_max_tokens": counts[1],
+        "stage1_max_tokens": max(map(n, short)),  # boundary: equal goes to stage 1
+        "stage2_max_tokens": max(map(n, long)),
     }
-    upstream: dict[str, list[Record]] = {"rollouts": [rollout(i, t) for i, t in texts.items()]}
+    upstream: dict[str, list[Record]] = {
+        "decisions": [
+            decision(0, short[0]), decision(1, long[0]), decision(2, longer),
+            decision(3, long[1], outcome="incorrect"), decision(4, short[1], outcome="incorrect"),
+        ],
+        "rollouts": [rollout(5, short[2]), rollout(6, long[2])],
+    }  # fmt: skip
+    counts = {0: n(short[0]), 2: n(longer)}
     records, failures = run_stage(make_ctx(tmp_path, upstream, corpus))
-    assert [(r.source_ids[0], r.n_tokens, r.cpt_stage) for r in records] == [
-        ("roll0", counts[0], 1),
-        ("roll1", counts[1], 2),
+    assert [(r.source_ids[0], r.cpt_stage) for r in records] == [
+        ("roll5", 1),  # a short correct rollout: stage 1
+        ("dec0", 1),  # short HAS, correct or incorrect: stage 1
+        ("dec1", 2),  # long HAS judged correct: stage 2
+        ("dec4", 1),
     ]
-    assert [(f.error_kind, f.input_ids) for f in failures] == [("too_long", ["roll2"])]
-    assert f"{counts[2]} tokens" in failures[0].message
+    assert [r.n_tokens for r in records if r.source_ids == ["dec0"]] == [counts[0]]
+    kinds = {f.input_ids[0]: f for f in failures}
+    assert kinds["dec2"].error_kind == "too_long" and f"{counts[2]} tokens" in kinds["dec2"].message
+    # Long but incorrect HAS, and a long rollout: no stage's rule takes them.
+    assert kinds["dec3"].error_kind == "no_cpt_stage" and "outcome incorrect" in kinds["dec3"].message
+    assert kinds["roll6"].error_kind == "no_cpt_stage" and "stage 2 takes decision" in kinds["roll6"].message
+    assert len(failures) == 3
+
+
+def test_only_judged_correct_rollouts_and_judged_unflagged_decisions_are_corpus_texts(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    upstream: dict[str, list[Record]] = {
+        "rollouts": [rollout(1, prose(1)), rollout(2, prose(2), "incorrect"), rollout(3, prose(3), "unknown")],
+        "decisions": [
+            decision(4, prose(4)), decision(5, prose(5), "incorrect"), decision(6, prose(6), "unknown"),
+            decision(7, prose(7), flag="filled_share 0.67 > 0.33: 4 of 6 alternatives are fills"),
+        ],
+    }  # fmt: skip
+    records, failures = run_stage(make_ctx(tmp_path, upstream, {"tokenizer": str(tokenizer_dir)}))
+    assert [r.source_ids[0] for r in records] == ["roll1", "dec4", "dec5"]
+    assert failures == []
+
+
+def test_the_incorrect_rollouts_switch_admits_them_with_an_explicit_outcome_line(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    def traced(i: int, outcome: str) -> RolloutRecord:
+        return RolloutRecord(
+            id=f"roll{i}", run_id="r", question=f"Question {i}?", steps=[TrajectoryStep(thought=prose(i, 30))],
+            final_answer=f"answer {i}", outcome=outcome, source="rollout", text="unused",  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    upstream: dict[str, list[Record]] = {
+        "rollouts": [traced(1, "correct"), traced(2, "incorrect"), traced(3, "unknown")]
+    }
+    corpus = {"tokenizer": str(tokenizer_dir), "incorrect_rollouts": True}
+    records, _ = run_stage(make_ctx(tmp_path, upstream, corpus))
+    assert [r.source_ids[0] for r in records] == ["roll1", "roll2"]
+    assert records[0].text.endswith("<answer>answer 1</answer>\n\nThis final answer is correct.")
+    assert records[1].text.endswith("<answer>answer 2</answer>\n\nThis final answer is incorrect.")
+
+
+def test_mixture_report_warns_about_a_stage_short_of_its_target_naming_what_is_missing() -> None:
+    from synth.stages.corpus import CorpusSummaryRow, mixture_report
+
+    rows = [
+        CorpusSummaryRow(cpt_stage=1, kind="planning", records=10, tokens=9000),
+        CorpusSummaryRow(cpt_stage=1, kind="decision", records=5, tokens=900),
+        CorpusSummaryRow(cpt_stage=2, kind="decision", records=1, tokens=100),
+    ]
+    report = mixture_report(rows, CorpusConfig())
+    assert [(s.cpt_stage, s.tokens, s.share, s.target_share) for s in report.stages] == [
+        (1, 9900, 0.99, 0.6667),
+        (2, 100, 0.01, 0.3333),
+    ]
+    (warning,) = report.warnings
+    assert warning.startswith(
+        "CPT stage 2 holds 1.0% of the corpus's tokens (target 33.3%): it has too few decision"
+    )
+    assert "32769-131072 tokens judged correct" in warning
+    balanced = mixture_report(
+        [*rows[:2], CorpusSummaryRow(cpt_stage=2, kind="decision", records=9, tokens=5000)], CorpusConfig()
+    )
+    assert balanced.warnings == []
+    empty = mixture_report(rows[:1], CorpusConfig())
+    assert "it has no decision (HAS) texts of 32769-131072 tokens" in empty.warnings[0]
 
 
 def test_default_tokenizer_is_the_embedded_models(
@@ -358,6 +446,8 @@ def test_record_ids_are_deterministic_content_hashes(tmp_path: Path, tokenizer_d
         ({"weights": {"planning": -1}}, "stages.corpus.weights.planning"),
         ({"near_dup_threshold": 1.5}, "stages.corpus.near_dup_threshold"),
         ({"ngram": 0}, "stages.corpus.ngram"),
+        ({"stage2": {"kinds": ["decision"], "target_share": 0.9}}, "stages.corpus"),
+        ({"stage1": {"kinds": ["essays"], "target_share": 0.67}}, "stages.corpus.stage1.kinds"),
     ],
 )
 def test_bad_corpus_config_is_a_spec_error_naming_the_field(corpus: dict[str, Any], field: str) -> None:
@@ -396,7 +486,7 @@ def test_summarize_corpus_reports_records_and_tokens_per_stage_and_kind_and_drop
 
 
 def test_corpus_is_a_barrier_stage_registered_under_its_name() -> None:
-    from synth.registry import get_stage
+    from synth.stages import get_stage
 
     stage = get_stage("corpus")
     assert stage is STAGE and stage.barrier

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from synth.dedup import NearDuplicateIndex, find_duplicate_matches, find_duplicates, jaccard, normalize_text
@@ -88,3 +91,74 @@ def test_invalid_parameters_are_rejected() -> None:
         NearDuplicateIndex(threshold=0)
     with pytest.raises(ValueError):
         NearDuplicateIndex(ngram=0)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 19: signatures made where records are produced, the barrier only bands
+# --------------------------------------------------------------------------------------
+
+
+def test_signatures_are_bit_identical_to_datasketch_minhash() -> None:
+    from datasketch import MinHash
+
+    from synth.dedup import shingles
+    from synth.minhash import MinHasher
+
+    texts = [BASE, OTHER, "one two three", "ünïcödé Straße café " * 40, "x", BASE + " " + OTHER]
+    normalized = [normalize_text(t) for t in texts]
+    matrix, has_words = MinHasher().signatures(normalized)
+    for i, norm in enumerate(normalized):
+        m = MinHash(num_perm=128, seed=1)
+        m.update_batch(list(shingles(norm, 5)))
+        assert has_words[i] and (matrix[i] == m.hashvalues).all(), texts[i][:30]
+    _, words = MinHasher().signatures(["", "a"])
+    assert words.tolist() == [False, True]
+
+
+def test_the_kept_set_is_identical_to_the_single_process_datasketch_dedup() -> None:
+    from testing.dedup_reference import near_duplicate_corpus, reference_duplicate_matches
+
+    items = near_duplicate_corpus(1500, words=80, seed=3)
+    expected = reference_duplicate_matches(items)
+    near = [m for m in expected.values() if m.kind == "near"]
+    assert len(near) > 100 and min(m.similarity for m in near) < 0.85  # borderline pairs are exercised
+    assert find_duplicate_matches(items) == expected
+
+
+def test_side_file_signatures_are_used_and_a_stale_one_is_ignored(tmp_path: Path) -> None:
+    from synth.dedup import load_signatures, sign_texts, write_unit_signatures
+
+    class Doc:
+        def __init__(self, id: str, text: str) -> None:
+            self.id, self.text = id, text
+
+    repost = BASE + " Reposted by the Greywick Gazette."
+    docs = [Doc("orig", BASE), Doc("other", OTHER), Doc("repost", repost), Doc("notext", "")]
+    path = tmp_path / "part-00000.parquet"
+    assert write_unit_signatures(path, docs) == 3  # texts only
+    sigs = load_signatures([path])
+    assert set(sigs) == {"orig", "other", "repost"}
+    items = [(d.id, d.text) for d in docs[:3]]
+    assert find_duplicate_matches(items, signatures=sigs) == find_duplicate_matches(items)
+
+    # Used: a saved signature stands for its text (here OTHER's saved as if it were the repost's).
+    forged = load_signatures([path])
+    forged["repost"] = replace(sign_texts([OTHER])[0], text_hash=sigs["repost"].text_hash)
+    assert find_duplicate_matches(items, signatures=forged)["repost"].kept_id == "other"
+    # Stale: the text changed since it was signed, so the side file is not trusted.
+    forged["repost"] = replace(sign_texts([OTHER])[0], text_hash=b"\0" * 8)
+    assert find_duplicate_matches(items, signatures=forged)["repost"].kept_id == "orig"
+
+
+def test_signatures_made_with_other_parameters_are_not_used(tmp_path: Path) -> None:
+    from synth.dedup import load_signatures, write_unit_signatures
+    from synth.minhash import MinHashParams
+
+    class Doc:
+        def __init__(self, id: str, text: str) -> None:
+            self.id, self.text = id, text
+
+    path = tmp_path / "part-00000.parquet"
+    write_unit_signatures(path, [Doc("a", BASE)], MinHashParams(num_perm=64))
+    assert load_signatures([path]) == {}
+    assert set(load_signatures([path], MinHashParams(num_perm=64))) == {"a"}

@@ -18,6 +18,7 @@ from synth.stages.memory import (
     StatementBatch,
     chunk_text,
 )
+from testing.fas_responder import scripted_fas
 from testing.scripted_llm import ScriptedLLM
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,14 +33,19 @@ def _doc(
     )
 
 
-def _ctx(tmp_path: Path, docs: list[DocumentRecord], responder: Any, **memory: Any) -> StageContext:
+def _ctx(
+    tmp_path: Path, docs: list[DocumentRecord], responder: Any, judge: Any = scripted_fas, **memory: Any
+) -> StageContext:
+    """A memory context: ``responder`` writes the statements, ``judge`` checks their support (by
+    default the fake judge of ``testing.fas_responder``: supported when the source has the
+    statement's numbers, names and most of its words)."""
     spec = parse_spec({"name": "t", "stages": {"documents": {}, "memory": memory}})
     llm = ScriptedLLM(responder)
     return StageContext(
         run_id="t",
         spec=spec,
         llm=llm,
-        judge_llm=llm,
+        judge_llm=ScriptedLLM(judge, model_name="scripted-judge"),
         run_dir=tmp_path,
         seed=0,
         read_stage=lambda stage: {"documents": docs}[stage],

@@ -20,10 +20,10 @@ from synth.records import (
     records_to_table,
     table_to_records,
 )
-from synth.registry import get_stage
 from synth.render import tags
 from synth.spec import SpecError, parse_spec
 from synth.stage import StageContext, StageOutput
+from synth.stages import get_stage
 from synth.stages.planning import STAGE, PlanningConfig, PlanningStage
 from testing.scripted_llm import ScriptedLLM
 
@@ -369,11 +369,22 @@ def test_knowledge_cache_keeps_a_bounded_number_of_runs(tmp_path: Path) -> None:
     assert cache.loads == 4
 
 
-def test_statements_are_clipped_and_capped_for_small_context_windows() -> None:
-    long = MemoryRecord(id="m0", run_id="t", entity="x", statement="word " * 200, doc_id="d")
-    block = format_statements([long, *MEMORY], max_statements=2, max_chars=50)
+def test_statements_are_capped_and_carry_their_time_and_source_url() -> None:
+    dated = MemoryRecord(
+        id="m0",
+        run_id="t",
+        entity="Riverton",
+        statement="Riverton welcomed 2.41 million overnight visitors.",
+        doc_id="d",
+        time="2024",
+        source_url="https://visit.example/stats",
+    )
+    block = format_statements([dated, *MEMORY], max_statements=2)
     lines = block.splitlines()
-    assert len(lines) == 2 and len(lines[0]) <= 52 and lines[0].endswith("…")
+    assert len(lines) == 2
+    assert lines[0] == (
+        "- Riverton welcomed 2.41 million overnight visitors. (time: 2024; source: https://visit.example/stats)"
+    )
     assert format_statements([], max_statements=3) == "(none)"
 
 
@@ -500,3 +511,42 @@ def test_failures_name_the_question(tmp_path: Path) -> None:
     ctx, _, _ = context(tmp_path, LLMTimeout("slow"))
     out = run([question("q7")], ctx)
     assert out.failures == [Failure(input_ids=["q7"], error_kind="timeout", message="planning call: slow")]
+
+
+# ---------------------------------------------------------------------------
+# Judging: the judge knows the agent has not seen the facts; examples leak nothing
+# ---------------------------------------------------------------------------
+
+
+def test_the_judge_is_told_the_agent_has_not_seen_the_facts(tmp_path: Path) -> None:
+    ctx, _, judge = context(tmp_path, SEARCH_PLAN, {"reason": "accepted", "rationale": "ok"})
+    only_record(run([question()], ctx))
+    system = judge.calls[0]["messages"][0]["content"]
+    assert "has NOT seen the facts" in system
+    (line,) = [ln for ln in system.splitlines() if ln.startswith("search_unnecessary")]
+    assert "common knowledge" in line and "without the facts" in line
+
+
+def test_few_shot_examples_do_not_search_for_what_the_question_hides() -> None:
+    from synth.stages.planning import (
+        JUDGE_EXAMPLE_ANSWER,
+        JUDGE_EXAMPLES,
+        PLAN_EXAMPLE_QUESTION,
+        PLAN_EXAMPLE_REPLY,
+    )
+
+    hidden = {JUDGE_EXAMPLE_ANSWER, "Steve Jobs", "Jobs", "Wozniak", "Wayne"}  # answer and bridge entities
+    assert not any(h in PLAN_EXAMPLE_QUESTION for h in hidden)
+    accepted = [(analysis, action) for analysis, action, reply in JUDGE_EXAMPLES if '"accepted"' in reply]
+    for text in [PLAN_EXAMPLE_REPLY, *(a for pair in accepted for a in pair)]:
+        assert not any(h in text for h in hidden), text
+
+
+def test_the_stage_may_read_the_memory_its_questions_cite(tmp_path: Path) -> None:
+    from synth.stage import UndeclaredReadError
+
+    ctx, _, _ = context(tmp_path, SEARCH_PLAN, {"reason": "accepted", "rationale": "ok"})
+    scoped = ctx.scoped_to(STAGE)
+    assert only_record(run([question()], scoped)).accepted
+    with pytest.raises(UndeclaredReadError):
+        scoped.read_stage("documents")

@@ -16,6 +16,7 @@ from synth.spec import parse_spec
 from synth.stage import StageContext
 from synth.stages.questions import (
     STAGE,
+    ClosedBookAnswer,
     ClusterStatement,
     QuestionCluster,
     QuestionDraft,
@@ -78,7 +79,12 @@ def _ctx(
     tmp_path: Path, responder: Any, memory: list[MemoryRecord] = MEMORY, seed: int = 0, **questions: Any
 ) -> StageContext:
     spec = parse_spec({"name": "t", "stages": {"memory": {}, "questions": questions}})
-    llm = ScriptedLLM(responder)
+
+    def closed_book_unknown(messages: list[dict[str, Any]], schema: Any) -> Any:
+        # The difficulty filter's closed-book call: this model knows none of the answers.
+        return {"answer": "unknown"} if schema is ClosedBookAnswer else responder(messages, schema)
+
+    llm = ScriptedLLM(closed_book_unknown)
     return StageContext(
         run_id="t",
         spec=spec,
@@ -105,11 +111,27 @@ def good_responder(messages: list[dict[str, Any]], schema: Any) -> Any:
     cited = ["S1", "S2"] if len(facts) >= 2 else ["S1"]
     subject = facts[0].split(" ")[1]
     answer = re.findall(r"\d[\d,.]*\d|\d", facts[0])[0]  # a number the first fact states
-    return {
+    reply = {
         "question": f"Which {style.replace('_', ' ')} detail about the {subject} place is reported?",
         "answer": answer,
         "statements": cited,
     }
+    if style == "numerical":  # recomputed in the sandbox: the number times one
+        reply["calculation"] = f"{answer.replace(',', '')} * 1"
+    elif style == "report" and len(facts) >= 3:
+        reply["statements"] = ["S1", "S2", "S3"]
+    elif style == "choice" and len(facts) >= 2:
+        other = re.findall(r"\d[\d,.]*\d|\d", facts[1])[0]
+        reply["question"] = f"Which figure does the {subject} place report first, {answer} or {other}?"
+    elif style == "navigation":
+        pages = re.findall(r"^(S\d+): .*\[(\S+)\]$", messages[-1]["content"], re.M)
+        (h1, start), (h2, target) = pages[0], next(p for p in pages if p[1] != pages[0][1])
+        reply.update(
+            question=f"Start at {start}. Which page do you reach from there with the {subject} place's figure?",
+            answer=target,
+            statements=[h1, h2],
+        )
+    return reply
 
 
 def _run(ctx: StageContext) -> tuple[list[QuestionCluster], list[QuestionRecord], list]:
@@ -196,7 +218,8 @@ def test_every_question_references_statement_ids_that_exist_in_memory(tmp_path: 
         assert r.knowledge_ids and set(r.knowledge_ids) <= set(by_id)
         assert r.parent_ids == r.knowledge_ids
         assert r.entities == list(dict.fromkeys(by_id[k].entity for k in r.knowledge_ids))
-        assert r.answer not in r.question and r.model == "scripted-llm"
+        assert (r.answer in r.question) == (r.style == "choice")  # only a choice names its answer
+        assert r.model == "scripted-llm"
     assert len({r.id for r in records}) == len(records)
 
 
@@ -252,7 +275,11 @@ def test_answers_the_cited_statements_do_not_support_are_dropped(tmp_path: Path)
     # SmolLM2 copied the one-shot example's answer ("182,000") into a question about another fact.
     answers = {
         "factual": ("How many overnight visitors did the lakeside city welcome in 2024?", "182,000"),
-        "navigation": ("Which web page reports the lakeside city's hotel count?", "https://news.example/d4"),
+        "navigation": (
+            "Start at https://news.example/d3 about the lakeside city. Which page do you reach from there that "
+            "reports the city's hotel count?",
+            "https://news.example/d4",
+        ),
         "multi_hop": ("Which city with 74 hotels welcomed 2.41 million visitors in 2024?", "Castelmar"),
     }
 
@@ -264,7 +291,7 @@ def test_answers_the_cited_statements_do_not_support_are_dropped(tmp_path: Path)
     _, records, failures = _run(
         _ctx(tmp_path, responder, memory=memory, styles=["factual", "navigation", "multi_hop"], per_cluster=3)
     )
-    assert [r.style for r in records] == ["navigation"]  # the URL is a cited statement's source
+    assert [r.style for r in records] == ["navigation"]  # both URLs are cited statements' pages
     assert sorted(f.error_kind for f in failures) == ["ungrounded_answer", "ungrounded_answer"]
 
 
@@ -301,7 +328,9 @@ def test_handles_map_back_to_statement_ids() -> None:
     ).statements == ["1", "2"]
 
 
-@pytest.mark.parametrize("style", ["factual", "numerical", "multi_hop", "synthesis", "navigation"])
+@pytest.mark.parametrize(
+    "style", ["factual", "numerical", "multi_hop", "synthesis", "navigation", "report", "choice"]
+)
 def test_prompt_is_a_one_shot_in_the_requested_style(style: str) -> None:
     cluster = QuestionCluster(
         cluster_id="c",
@@ -320,7 +349,8 @@ def test_prompt_is_a_one_shot_in_the_requested_style(style: str) -> None:
     messages = question_messages(cluster, style)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     example = json.loads(messages[2]["content"])
-    assert set(example) == {"question", "answer", "statements"}
+    extra = {"calculation"} if style == "numerical" else set()
+    assert set(example) == {"question", "answer", "statements"} | extra
     assert f"Write one {style.replace('_', '-')} question" in messages[-1]["content"]
     assert "S1: Riverton welcomed" in messages[-1]["content"]
     assert ("https://x.example/r" in messages[-1]["content"]) == (style == "navigation")
@@ -370,10 +400,13 @@ def test_the_real_embedded_model_turns_three_pages_into_valid_statements_and_que
             },
             # Small completions (SmolLM2 on CPU: ~23 tokens/s alone): a statement object is ~50 tokens,
             # a question ~35, and the model tends to repeat itself until the cap anyway.
+            # The support check and the difficulty filter would ask the same 135M model as judge
+            # (noise, and twice the calls on 2 cores); what they do is tested with scripted
+            # judges, and the quickstart run reports their figures.
             "stages": {
                 "documents": {},
-                "memory": {"max_statements_per_doc": 6, "max_tokens": 120},
-                "questions": {"per_cluster": 2, "max_clusters": 3, "max_tokens": 80},
+                "memory": {"max_statements_per_doc": 6, "max_tokens": 120, "support_check": False},
+                "questions": {"per_cluster": 2, "max_clusters": 3, "max_tokens": 80, "difficulty_filter": False},
             },
         }
     )
@@ -406,3 +439,100 @@ def test_the_real_embedded_model_turns_three_pages_into_valid_statements_and_que
     memory_ids = {m.id for m in memory}
     for q in questions:
         assert q.knowledge_ids and set(q.knowledge_ids) <= memory_ids and q.answer and q.question
+
+
+# ---------------------------------------------------------------------------
+# Difficulty filter and recomputed numerical answers
+# ---------------------------------------------------------------------------
+
+RIVERTON = [m for m in MEMORY if m.entity == "Riverton"]
+FESTIVAL = [m for m in MEMORY if m.entity == "Lanternfall Festival"]
+
+
+def _closed_book_ctx(tmp_path: Path, question_reply: dict[str, Any], closed: str, verdict: Any = None, **cfg: Any):
+    spec = parse_spec({"name": "t", "stages": {"memory": {}, "questions": {"per_cluster": 1, **cfg}}})
+
+    def llm_fn(messages: list[dict[str, Any]], schema: Any) -> Any:
+        return {"answer": closed} if schema is ClosedBookAnswer else question_reply
+
+    def judge_fn(messages: list[dict[str, Any]], schema: Any) -> Any:
+        if verdict is None:
+            raise AssertionError("the judge must not be called here")
+        return verdict
+
+    return StageContext(
+        run_id="t", spec=spec, llm=ScriptedLLM(llm_fn), judge_llm=ScriptedLLM(judge_fn, model_name="judge"),
+        run_dir=tmp_path, read_stage=lambda stage: {"memory": RIVERTON}[stage],
+    )
+
+
+FACTUAL = {
+    "question": "How many overnight visitors did the lakeside city welcome in 2024?",
+    "answer": "2.41 million",
+    "statements": ["S1"],
+}
+
+
+@pytest.mark.parametrize(
+    ("closed", "verdict", "kept"),
+    [
+        ("2,410,000", None, False),  # the model knows it: no search needed
+        ("unknown", None, True),
+        ("1.9 million", None, True),  # a wrong guess: the question stays
+        ("roughly 2.4 million", {"correct": True, "rationale": "same"}, False),  # a rounding: the judge decides
+        ("roughly 2.4 million", {"correct": False, "rationale": "no"}, True),
+    ],
+)
+def test_questions_the_model_answers_closed_book_are_too_easy(
+    tmp_path: Path, closed: str, verdict: Any, kept: bool
+) -> None:
+    ctx = _closed_book_ctx(tmp_path, FACTUAL, closed, verdict, styles=["factual"])
+    _, records, failures = _run(ctx)
+    assert (len(records) == 1) == kept
+    if not kept:
+        (failure,) = failures
+        assert failure.error_kind == "too_easy" and closed in failure.message
+    closed_calls = [c for c in ctx.llm.calls if c["schema"] is ClosedBookAnswer]
+    (call,) = closed_calls
+    prompt = "\n".join(m["content"] for m in call["messages"])
+    assert FACTUAL["question"] in prompt and "Riverton welcomed" not in prompt  # closed-book: no facts
+
+
+def test_the_difficulty_filter_skips_choice_questions_and_can_be_off(tmp_path: Path) -> None:
+    choice = {
+        "question": "Does the lakeside city have 74 hotels or 2.41 million hotels?",
+        "answer": "74",
+        "statements": ["S1", "S2"],
+    }
+    ctx = _closed_book_ctx(tmp_path, choice, "74", styles=["choice"])
+    _, records, _ = _run(ctx)
+    assert len(records) == 1 and all(c["schema"] is not ClosedBookAnswer for c in ctx.llm.calls)
+    ctx = _closed_book_ctx(tmp_path, FACTUAL, "2.41 million", styles=["factual"], difficulty_filter=False)
+    assert len(_run(ctx)[1]) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "calculation", "outcome"),
+    [
+        ("56,000", "387000 - 331000", "kept"),
+        ("66,000", "387000 - 331000", "calculation_mismatch"),
+        ("56,000", None, "missing_calculation"),
+    ],
+)
+def test_numerical_answers_are_recomputed_in_the_sandbox(
+    tmp_path: Path, answer: str, calculation: str | None, outcome: str
+) -> None:
+    reply = {
+        "question": "By how many visits did the festival grow from 2023 to 2024?",
+        "answer": answer,
+        "statements": ["S1"],
+        "calculation": calculation,
+    }
+    ctx = _closed_book_ctx(tmp_path, reply, "unknown", styles=["numerical"])
+    ctx.read_stage = lambda stage: {"memory": FESTIVAL}[stage]
+    _, records, failures = _run(ctx)
+    if outcome == "kept":
+        (record,) = records
+        assert record.calculation == calculation and record.style == "numerical"
+    else:
+        assert [f.error_kind for f in failures] == [outcome]

@@ -10,10 +10,10 @@ import pytest
 
 from synth.llm.base import LLMHTTPError, LLMInvalidOutput, LLMTimeout, Message
 from synth.records import MemoryRecord, QuestionRecord, ReasoningRecord, records_to_table, table_to_records
-from synth.registry import get_stage
 from synth.render import tags
 from synth.spec import parse_spec
 from synth.stage import StageContext, StageOutput
+from synth.stages import get_stage
 from synth.stages.reasoning import STAGE, ReasoningStage, Step1Draft, Step2Draft
 from testing.scripted_llm import ScriptedLLM
 
@@ -61,6 +61,7 @@ def context(
     verdict: Any = None,
     reasoning: dict[str, Any] | None = None,
     step1_reply: Any = STEP1,
+    memory: list[MemoryRecord] = MEMORY,
 ) -> tuple[StageContext, ScriptedLLM, ScriptedLLM]:
     """The LLM answers step 1 with ``step1_reply`` and step 2 with ``step2_reply`` (values or functions)."""
 
@@ -82,7 +83,7 @@ def context(
         llm=llm,
         judge_llm=judge,
         run_dir=tmp_path,
-        read_stage=lambda s: {"memory": MEMORY}.get(s, []),
+        read_stage=lambda s: {"memory": memory}.get(s, []),
     )
     return ctx, llm, judge
 
@@ -212,8 +213,18 @@ def test_too_short_reasoning_is_rejected(tmp_path: Path) -> None:
 
 def test_too_long_reasoning_is_rejected(tmp_path: Path) -> None:
     long = "Bell was born in Edinburgh. " * 40 + "So the answer is 1847."
-    ctx, _, _ = context(tmp_path, step2("1847", reasoning=long), reasoning={"max_reasoning_chars": 500})
+    cfg = {"max_reasoning_chars": 500, "reasoning_chars_per_hop": 300}
+    ctx, _, _ = context(tmp_path, step2("1847", reasoning=long), reasoning=cfg)
+    # Two cited statements: 500 + 300 characters allowed; the steps hold about 1,200.
     assert only_record(run([question()], ctx)).reject_reason == "too_long"
+
+
+def test_the_length_limit_grows_with_the_statements_a_question_chains(tmp_path: Path) -> None:
+    long = "Bell was born in Edinburgh. " * 40 + "So the answer is 1847."
+    cfg = {"max_reasoning_chars": 500, "reasoning_chars_per_hop": 1000}
+    ctx, _, _ = context(tmp_path, step2("1847", reasoning=long), reasoning=cfg)
+    # 500 + 1,000 for the second statement: the same reasoning fits a two-hop question.
+    assert only_record(run([question()], ctx)).correct
 
 
 def test_step2_stating_another_answer_is_inconsistent(tmp_path: Path) -> None:
@@ -224,9 +235,26 @@ def test_step2_stating_another_answer_is_inconsistent(tmp_path: Path) -> None:
     assert (record.correct, record.reject_reason) == (False, "answer_inconsistent")
 
 
-def test_step2_never_reaching_its_answer_is_inconsistent(tmp_path: Path) -> None:
-    ctx, _, _ = context(tmp_path, step2("1847", reasoning="Bell invented the telephone and lived in Canada."))
+def test_step2_never_reaching_its_answer_is_inconsistent_when_the_judge_says_so(tmp_path: Path) -> None:
+    ctx, _, judge = context(
+        tmp_path,
+        step2("1847", reasoning="Bell invented the telephone and lived in Canada."),
+        verdict={"correct": False, "rationale": "the reasoning names no year"},
+    )
     assert only_record(run([question()], ctx)).reject_reason == "answer_inconsistent"
+    # Containment could not tell: the judge compared what step 2 says with the final answer.
+    (call,) = judge.calls
+    assert "Gold answer: 1847" in call["messages"][-1]["content"]
+
+
+def test_step2_never_reaching_its_answer_is_inconsistent_without_a_judge(tmp_path: Path) -> None:
+    ctx, _, judge = context(
+        tmp_path,
+        step2("1847", reasoning="Bell invented the telephone and lived in Canada."),
+        reasoning={"judge": False},
+    )
+    assert only_record(run([question()], ctx)).reject_reason == "answer_inconsistent"
+    assert judge.calls == []
 
 
 # ---------------------------------------------------------------------------
@@ -319,3 +347,101 @@ def test_reply_aliases_of_small_models_are_accepted(tmp_path: Path) -> None:
     record = only_record(run([question()], ctx))
     assert record.correct and record.final_answer == "1847"
     assert "who invented it?\nBell, born about 1850." in record.step1
+
+
+# ---------------------------------------------------------------------------
+# Evidence: step 2 sees time and URL, the text carries every cited statement
+# ---------------------------------------------------------------------------
+
+SOURCED = [
+    MemoryRecord(
+        id="n1", run_id="t", entity="Riverton", statement="Riverton's tourism page links to its transit authority.",
+        doc_id="d1", time="2024", source_url="https://visit.example/riverton",
+    ),
+    MemoryRecord(
+        id="n2", run_id="t", entity="Riverton Transit Authority",
+        statement="The Riverton Transit Authority carried 96.3 million passengers in 2024.", doc_id="d2",
+        time="2024", source_url="https://transit.example/ridership-2024",
+    ),
+]
+
+
+def navigation_question() -> QuestionRecord:
+    return QuestionRecord(
+        id="qn", run_id="t", style="navigation",
+        question="Start at https://visit.example/riverton. Which page do you reach from there that gives the "
+        "transit authority's 2024 ridership?",
+        answer="https://transit.example/ridership-2024", entities=["Riverton"], knowledge_ids=["n1", "n2"],
+    )
+
+
+def test_a_navigation_questions_step2_prompt_holds_the_urls_and_time(tmp_path: Path) -> None:
+    url = "https://transit.example/ridership-2024"
+    ctx, llm, _ = context(
+        tmp_path, step2(url, reasoning=f"The second page states it. So the answer is {url}."), memory=SOURCED
+    )
+    record = only_record(run([navigation_question()], ctx))
+    step2_prompt = llm.calls[1]["messages"][-1]["content"]
+    assert "links to its transit authority. (time: 2024; source: https://visit.example/riverton)" in step2_prompt
+    # The time is not repeated when the statement states it.
+    assert f"96.3 million passengers in 2024. (source: {url})" in step2_prompt
+    assert record.correct and record.decided_by == "exact"
+
+
+def test_the_rendered_text_holds_every_cited_statement_before_the_reasoning(tmp_path: Path) -> None:
+    url = "https://transit.example/ridership-2024"
+    ctx, _, _ = context(
+        tmp_path, step2(url, reasoning=f"The second page states it. So the answer is {url}."), memory=SOURCED
+    )
+    text = only_record(run([navigation_question()], ctx)).text
+    assert text is not None
+    assert "[1] Riverton's tourism page links to its transit authority. (time: 2024; source: https://visit.example/riverton)" in text
+    assert f"[2] {SOURCED[1].statement} (source: {url})" in text
+    thought = tags.find_thoughts(text)[0]
+    assert text.index(SOURCED[1].statement) < text.index(thought) < text.index("<answer>")
+
+
+def report_question() -> QuestionRecord:
+    return QuestionRecord(
+        id="qr", run_id="t", style="report", question="Write a short report on Bell's life and invention.",
+        answer="Bell was born in 1847 and patented the telephone in 1876.", entities=["Bell"],
+        knowledge_ids=["m1", "m2"],
+    )
+
+
+@pytest.mark.parametrize(("covered", "correct"), [([True, True], True), ([True, False], False)])
+def test_a_report_is_graded_point_by_point_by_the_rubric_judge(
+    tmp_path: Path, covered: list[bool], correct: bool
+) -> None:
+    report = "Alexander Graham Bell, born in 1847, later patented the telephone (1876)."
+    ctx, _, judge = context(
+        tmp_path,
+        step2(report, reasoning=f"Both facts check out. So the answer is {report}"),
+        verdict={"covered": covered, "contradiction": False},
+    )
+    record = only_record(run([report_question()], ctx))
+    assert (record.correct, record.decided_by) == (correct, "rubric")
+    assert record.reject_reason == (None if correct else "wrong_answer")
+    rubric_prompt = judge.calls[0]["messages"][-1]["content"]
+    assert "1. Alexander Graham Bell was born in 1847." in rubric_prompt
+    assert "2. Bell patented the telephone in 1876." in rubric_prompt
+
+
+def test_a_report_that_contradicts_a_point_is_wrong(tmp_path: Path) -> None:
+    report = "Bell was born in 1850 and patented the telephone in 1876."
+    ctx, _, _ = context(
+        tmp_path,
+        step2(report, reasoning=f"So the answer is {report}"),
+        verdict={"covered": [True, True], "contradiction": True},
+    )
+    assert only_record(run([report_question()], ctx)).reject_reason == "wrong_answer"
+
+
+def test_the_stage_may_read_the_memory_its_questions_cite_and_nothing_else(tmp_path: Path) -> None:
+    from synth.stage import UndeclaredReadError
+
+    ctx, _, _ = context(tmp_path, step2("1847"))
+    scoped = ctx.scoped_to(STAGE)
+    assert only_record(run([question()], scoped)).correct  # the runner's scoped context
+    with pytest.raises(UndeclaredReadError):
+        scoped.read_stage("documents")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synth.records import PlanningRecord, ReasoningRecord, ToolAction
+from synth.records import MemoryRecord, PlanningRecord, ReasoningRecord, ToolAction
 from synth.render import tags
 from synth.render.fas import (
     PLANNING_FRAMES,
@@ -16,6 +16,25 @@ from synth.render.fas import (
 )
 
 QUESTION = "Which river flows through the city of the Eiffel Tower?"
+STATEMENTS = [
+    MemoryRecord(
+        id="m1",
+        run_id="t",
+        entity="Eiffel Tower",
+        statement="The Eiffel Tower stands in Paris.",
+        doc_id="d1",
+        time="1889",
+        source_url="https://landmarks.example/eiffel",
+    ),
+    MemoryRecord(
+        id="m2",
+        run_id="t",
+        entity="Seine",
+        statement="The Seine flows through Paris.",
+        doc_id="d2",
+        source_url="https://rivers.example/seine",
+    ),
+]
 
 
 def planning_record(
@@ -119,12 +138,14 @@ def test_planning_record_without_action_or_answer_is_refused() -> None:
         render_planning(planning_record("r1"), QUESTION)
 
 
-def test_every_reasoning_variant_holds_question_step1_step2_then_one_answer() -> None:
+def test_every_reasoning_variant_holds_question_knowledge_step1_step2_then_one_answer() -> None:
     for rid in ids_covering(len(REASONING_FRAMES)):
         record = reasoning_record(rid)
-        text = render_reasoning(record, QUESTION)
+        text = render_reasoning(record, QUESTION, STATEMENTS)
         assert (
             text.index(QUESTION)
+            < text.index(STATEMENTS[0].statement)
+            < text.index(STATEMENTS[1].statement)
             < text.index(record.step1)
             < text.index(record.step2)
             < text.index("<answer>")
@@ -138,6 +159,21 @@ def test_reasoning_steps_are_scrubbed_of_tags() -> None:
     record = reasoning_record(
         "r2", step1="Guess <answer>Loire</answer> first.", step2="Check <tool_call>{}</tool_call>. So Seine."
     )
-    text = render_reasoning(record, QUESTION)
+    text = render_reasoning(record, QUESTION, STATEMENTS)
     assert tags.find_answers(text) == ["Seine"]
     assert tags.find_tool_calls(text) == []
+
+
+def test_every_cited_statement_is_in_the_text_with_its_time_and_source_url() -> None:
+    for rid in ids_covering(len(REASONING_FRAMES)):
+        text = render_reasoning(reasoning_record(rid), QUESTION, STATEMENTS)
+        assert "[1] The Eiffel Tower stands in Paris. (time: 1889; source: https://landmarks.example/eiffel)" in text
+        assert "[2] The Seine flows through Paris. (source: https://rivers.example/seine)" in text
+        # The knowledge sits before the reasoning, outside <think>: it is what was retrieved.
+        assert STATEMENTS[0].statement not in tags.find_thoughts(text)[0]
+
+
+def test_knowledge_is_scrubbed_of_tags() -> None:
+    tagged = STATEMENTS[0].model_copy(update={"statement": "The tower <answer>Loire</answer> stands in Paris."})
+    text = render_reasoning(reasoning_record("r3"), QUESTION, [tagged])
+    assert tags.find_answers(text) == ["Seine"]

@@ -351,7 +351,7 @@ def test_long_tool_responses_are_cut(tmp_path: Path) -> None:
     ctx, _, _ = make_ctx(tmp_path, agent, [BRIDGE], max_observation_chars=500)
     (record,), _ = run_stage(ctx)
     observation = record.steps[0].observation or ""
-    assert len(observation) < 600 and "[… cut:" in observation
+    assert len(observation) < 600 and observation.endswith("y …") and "cut" not in observation
 
 
 def test_python_limits_stop_runaway_code_and_the_rollout_goes_on(tmp_path: Path) -> None:
@@ -451,3 +451,134 @@ def test_the_worked_example_can_be_left_out(tmp_path: Path) -> None:
     ctx, llm, _ = make_ctx(tmp_path, scripted([answer("1987")]), [BRIDGE], example_turns=False)
     run_stage(ctx)
     assert [m["role"] for m in llm.calls[0]["messages"]] == ["system", "user"]
+
+
+# ---------------------------------------------------------------------------
+# The long-horizon profile
+# ---------------------------------------------------------------------------
+
+
+def test_long_profile_fills_in_its_settings_and_a_key_the_spec_sets_wins() -> None:
+    long = RolloutsConfig(profile="long")
+    assert (long.max_steps, long.max_context_tokens, long.distractors, long.visit_summary) == (
+        100,
+        65536,
+        True,
+        True,
+    )
+    assert RolloutsConfig(profile="long", max_steps=40).max_steps == 40
+    short = RolloutsConfig()
+    assert (short.max_steps, short.distractors, short.visit_summary) == (8, False, False)
+
+
+def test_long_profile_search_finds_distractors_and_visit_summarizes_keeping_the_raw_page(
+    tmp_path: Path,
+) -> None:
+    agent = scripted(
+        [
+            call("search", query=["Kestrel Bay Bridge opened"]),
+            call("visit", url="https://example.org/bridge", goal="opening year"),
+            answer("1987"),
+        ]
+    )
+
+    def respond(messages: list[dict[str, Any]], schema: Any) -> Any:
+        if schema is not None and schema.__name__ == "PageSummary":
+            assert "Goal: opening year" in messages[-1]["content"]
+            return {"summary": "The page says the bridge opened in 1987."}
+        return agent(messages, schema)
+
+    ctx, _, _ = make_ctx(tmp_path, respond, [BRIDGE], profile="long")
+    (record,), failures = run_stage(ctx)
+    assert failures == [] and record.outcome == "correct" and record.judged_by == "exact"
+    found, visited = record.steps[0].observation or "", record.steps[1].observation or ""
+    # The stale mirror matches the same query, with its year shifted.
+    assert "https://web.archive.org/web/2019/example.org/bridge" in found
+    assert visited.startswith(
+        "The useful information in https://example.org/bridge for user goal opening year"
+    )
+    assert "Evidence in page: \nThe Kestrel Bay Bridge opened in 1987." in visited
+    assert visited.endswith("Summary: \nThe page says the bridge opened in 1987.")
+    assert record.steps[1].raw is not None and "It spans 2.4 kilometres." in record.steps[1].raw
+    assert record.steps[0].raw is None
+    assert "It spans" not in (record.text or "").split("Summary:")[-1]  # the raw page is not in the trace
+    assert table_to_records(records_to_table([record], RolloutRecord), RolloutRecord) == [record]
+
+
+def test_a_visit_summary_the_llm_cannot_write_is_taken_from_the_page(tmp_path: Path) -> None:
+    agent = scripted([call("visit", url="https://example.org/bridge", goal="length"), answer("1987")])
+
+    def respond(messages: list[dict[str, Any]], schema: Any) -> Any:
+        return "not JSON" if schema is not None else agent(messages, schema)
+
+    ctx, _, _ = make_ctx(tmp_path, respond, [BRIDGE], profile="long")
+    (record,), _ = run_stage(ctx)
+    assert (record.steps[0].observation or "").endswith(
+        "Summary: \nThe Kestrel Bay Bridge opened in 1987. It spans 2.4 kilometres."
+    )
+
+
+# ---------------------------------------------------------------------------
+# Imported trajectories without gold
+# ---------------------------------------------------------------------------
+
+
+def write_trajectory(tmp_path: Path, **extra: Any) -> str:
+    line = {
+        "messages": [
+            {"role": "user", "content": "When did the Kestrel Bay Bridge open?"},
+            {
+                "role": "assistant",
+                "content": '<think>Search.</think><tool_call>{"name": "search", "arguments": {"query": ["Kestrel"]}}</tool_call>',
+            },
+            {
+                "role": "user",
+                "content": "<tool_response>The Kestrel Bay Bridge opened in 1987.</tool_response>",
+            },
+            {"role": "assistant", "content": "<think>It says 1987.</think><answer>1987</answer>"},
+        ],
+        **extra,
+    }
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    return str(path)
+
+
+def import_ctx(tmp_path: Path, judge_fn: Responder, **rollouts: Any) -> StageContext:
+    spec = parse_spec(
+        {
+            "name": "t",
+            "inputs": {"trajectories": [write_trajectory(tmp_path)]},
+            "stages": {"rollouts": rollouts},
+        }
+    )
+    return StageContext(
+        run_id="t", spec=spec, llm=ScriptedLLM(no_judge), judge_llm=ScriptedLLM(judge_fn),
+        run_dir=tmp_path, read_stage=lambda s: [], base_dir=tmp_path,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("verdict", "outcome"), [("supported", "correct"), ("unsupported", "incorrect")])
+def test_an_import_without_gold_is_judged_against_its_own_evidence(
+    tmp_path: Path, verdict: str, outcome: str
+) -> None:
+    seen: list[str] = []
+
+    def judge(messages: list[dict[str, Any]], schema: Any) -> Any:
+        seen.append(messages[-1]["content"])
+        return {"verdict": verdict, "rationale": "r"}
+
+    (record,), failures = run_stage(import_ctx(tmp_path, judge))
+    assert failures == [] and (record.outcome, record.judged_by) == (outcome, "evidence")
+    assert "Final answer: 1987" in seen[0] and "opened in 1987" in seen[0]
+
+
+def test_an_import_the_judge_cannot_tell_or_the_spec_drops_is_a_failure_with_a_reason(tmp_path: Path) -> None:
+    records, (failure,) = run_stage(
+        import_ctx(tmp_path, lambda m, s: {"verdict": "cannot tell", "rationale": "thin"})
+    )
+    assert records == [] and failure.error_kind == "unjudged" and "could not tell" in failure.message
+    records, (failure,) = run_stage(import_ctx(tmp_path, no_judge, unjudged="drop"))
+    assert records == [] and failure.error_kind == "unjudged" and "t.jsonl:1" in failure.message
+    (record,), _ = run_stage(import_ctx(tmp_path, no_judge, unjudged="keep"))
+    assert (record.outcome, record.judged_by) == ("unknown", None)

@@ -31,7 +31,7 @@ def test_empty_stage_mapping_enables_it_with_defaults() -> None:
 
 
 def test_judge_llm_defaults_to_llm() -> None:
-    spec = parse_spec({"name": "x", "llm": {"base_url": "http://h:1/v1"}})
+    spec = parse_spec({"name": "x", "llm": {"base_url": "http://h:1/v1", "model": "m"}})
     assert spec.effective_judge_llm.base_url == "http://h:1/v1"
 
 
@@ -98,7 +98,7 @@ def test_cli_exits_2_with_one_line_naming_the_field(tmp_path: Path) -> None:
 
 def test_quickstart_spec_is_valid() -> None:
     spec = load_spec(REPO / "configs" / "quickstart.yaml")
-    check_inputs(spec, base_dir=REPO)
+    check_inputs(spec, base_dir=REPO / "configs")  # globs are relative to the spec's directory
     assert set(spec.stages.enabled()) == {
         "documents", "memory", "questions", "planning", "reasoning", "rollouts", "decisions", "corpus"
     }

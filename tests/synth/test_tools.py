@@ -76,7 +76,7 @@ def test_visit_returns_the_page_text_with_the_goal() -> None:
     index = SearchIndex.from_documents(DOCS)
     text = visit_tool(index, "https://example.org/bridge/", "opening year", max_chars=4000)
     assert text.startswith(
-        "Page https://example.org/bridge (Kestrel Bay Bridge), read for the goal: opening year"
+        "The useful information in https://example.org/bridge for user goal opening year as follows:"
     )
     assert "opened in 1987" in text
 
@@ -84,7 +84,7 @@ def test_visit_returns_the_page_text_with_the_goal() -> None:
 def test_visit_of_an_unknown_url_says_it_is_not_available() -> None:
     index = SearchIndex.from_documents(DOCS)
     text = visit_tool(index, ["https://nowhere.example/x"], "anything", max_chars=4000)
-    assert "not available offline" in text
+    assert "could not be accessed" in text
 
 
 def test_visit_cut_keeps_the_passages_about_the_goal() -> None:

@@ -228,7 +228,8 @@ def test_label_in_the_file_is_the_outcome_without_a_judge(tmp_path: Path) -> Non
         react(("user", "Q2?"), ("assistant", "<answer>a</answer>"), is_correct=False),
         react(("user", "Q3?"), ("assistant", "<answer>a</answer>")),
     ]
-    records, failures = run_stage(make_ctx(tmp_path, [str(write_jsonl(tmp_path / "t.jsonl", lines))]))
+    # unjudged: keep — Q3 has neither label nor gold; by default the judge would read its evidence.
+    records, failures = run_stage(make_ctx(tmp_path, [str(write_jsonl(tmp_path / "t.jsonl", lines))], unjudged="keep"))
     assert failures == []
     assert [r.outcome for r in records] == ["correct", "incorrect", "unknown"]
 

@@ -193,12 +193,41 @@ def test_command_caps_the_kv_cache_of_continuous_batching(tmp_path: Path) -> Non
     assert "--cb-num-blocks" not in EmbeddedEndpoint(port=1234, continuous_batching=False).command(tmp_path)
 
 
+def test_command_runs_the_constrained_server_unless_asked_for_plain_transformers_serve(
+    tmp_path: Path,
+) -> None:
+    argv = EmbeddedEndpoint(port=1234).command(tmp_path / MODEL_NAME)
+    assert argv[1:3] == ["-m", "synth.llm.constrained_server"]
+    assert argv[3] == MODEL_NAME
+    plain = EmbeddedEndpoint(port=1234, constrained=False).command(tmp_path / MODEL_NAME)
+    assert "synth.llm.constrained_server" not in plain
+    assert plain[plain.index("serve") + 1] == MODEL_NAME
+
+
+def test_the_constrained_server_accepts_every_flag_the_launcher_passes(tmp_path: Path) -> None:
+    from synth.llm import constrained_server
+
+    argv = EmbeddedEndpoint(port=1234, host="0.0.0.0", kv_cache_blocks=7).command(tmp_path / MODEL_NAME)
+    seen: dict[str, object] = {}
+
+    def fake_build_app(model: str, **kwargs: object) -> object:
+        seen.update(model=model, **kwargs)
+        raise SystemExit(0)  # stop before uvicorn
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constrained_server, "build_app", fake_build_app)
+        with pytest.raises(SystemExit):
+            constrained_server.main(argv[3:])
+    assert seen == {"model": MODEL_NAME, "device": "cpu", "continuous_batching": True, "cb_num_blocks": 7}
+
+
 def test_a_server_bound_to_all_interfaces_is_reached_over_loopback(tmp_path: Path) -> None:
     endpoint = EmbeddedEndpoint(port=1234, host="0.0.0.0")
     assert endpoint.base_url == "http://127.0.0.1:1234/v1"
     argv = endpoint.command(tmp_path / MODEL_NAME)
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
-    assert argv[argv.index("serve") + 1] == MODEL_NAME  # served under its name, not a path
+    # The constrained server's first argument: served under its name, not a path.
+    assert argv[1:4] == ["-m", "synth.llm.constrained_server", MODEL_NAME]
 
 
 # --------------------------------------------------------------------------------------
@@ -213,10 +242,13 @@ class Capital(BaseModel):
 
 @pytest.mark.slow
 def test_real_embedded_endpoint_gives_a_validated_structured_reply_through_the_client() -> None:
-    """Starts transformers serve on SmolLM2-135M (CPU), asks for JSON, validates, stops it."""
+    """Starts the server on SmolLM2-135M (CPU), asks for JSON, validates, stops it.
+
+    No invalid-output retries: under the constraint the first reply must validate.
+    """
     port = free_port()
     config = LLMConfig(
-        base_url="embedded", embedded_port=port, max_tokens=32, timeout_s=240, max_invalid_retries=4,
+        base_url="embedded", embedded_port=port, max_tokens=48, timeout_s=240, max_invalid_retries=0,
         max_concurrency=4, temperature=0.7,
     )  # fmt: skip
     messages = [
