@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from pipelines.runner import _sigterm_as_exception, run_session
 from pipelines.units import read_plan
-from synth.layout import new_run_id
+from synth.layout import preview_run_id
 from synth.records import Record
 from synth.runstate import RunDir
 from synth.shards import ShardStore
@@ -156,7 +156,7 @@ def preview_command(spec: str, n: int = 5, ray_address: str | None = None, out: 
     """Run every enabled stage on ``n`` items into ``<run_id>-preview``; print samples and an estimate."""
     out = out or sys.stdout
     loaded = load_spec(spec)
-    run_id = new_run_id(loaded.name) + "-preview"
+    run_id = preview_run_id(loaded.name)
     with _sigterm_as_exception():
         result = run_session(
             loaded,

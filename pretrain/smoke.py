@@ -51,10 +51,15 @@ def _is_quickstart(run_dir: Path) -> bool:
 
 
 def find_corpus_run(runs_dir: Path) -> Path:
-    """The newest run with committed corpus shards, quickstart runs first."""
+    """The newest run with committed corpus shards, quickstart runs first; never a preview."""
+    from synth.layout import is_preview_run
     from synth.shards import ShardStore
 
-    candidates = [d for d in Path(runs_dir).glob("*") if d.is_dir() and ShardStore(d).files("corpus")]
+    candidates = [
+        d
+        for d in Path(runs_dir).glob("*")
+        if d.is_dir() and not is_preview_run(d.name) and ShardStore(d).files("corpus")
+    ]
     if not candidates:
         raise NoCorpusError(f"no run with a corpus under {runs_dir}/: run `make synth` first")
     candidates.sort(key=lambda d: (_is_quickstart(d), d.stat().st_mtime), reverse=True)

@@ -53,6 +53,19 @@ def new_run_id(name: str, now: datetime | None = None) -> str:
     return validate_run_id(f"{slug}-{stamp}-{secrets.token_hex(3)}")
 
 
+PREVIEW_SUFFIX = "-preview"
+
+
+def preview_run_id(name: str) -> str:
+    """The id of an ``agentcpt run --preview`` run: a new run id with ``-preview`` appended."""
+    return validate_run_id(new_run_id(name) + PREVIEW_SUFFIX)
+
+
+def is_preview_run(run_id: str) -> bool:
+    """Whether ``run_id`` names a preview (a sample of a run, never a corpus to train on)."""
+    return run_id.endswith(PREVIEW_SUFFIX)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one run directory (``root`` is ``runs/<run_id>``)."""

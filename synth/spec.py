@@ -330,6 +330,8 @@ def truncation_advice(spec: RunSpec, stage: str, messages: list[str]) -> str:
     caps = truncation_caps(messages)
     settings = completion_cap_settings(spec, stage)
     advice: list[str] = []
+    # Settings held down by one endpoint cap: one piece of advice naming them all.
+    capped_by: dict[tuple[str, int | None], list[str]] = {}
     for path, (value, endpoint_path, endpoint_cap) in settings.items():
         # Most stages send min(setting, endpoint cap); some send the setting as it is.
         sent = {endpoint_cap} if value is None else {value, completion_cap(value, endpoint_cap)}
@@ -340,7 +342,9 @@ def truncation_advice(spec: RunSpec, stage: str, messages: list[str]) -> str:
         elif not caps or value in caps:
             advice.append(f"raise {path} (now {value})")
         else:
-            advice.append(f"raise {endpoint_path} (now {endpoint_cap}; it caps {path} = {value})")
+            capped_by.setdefault((endpoint_path, endpoint_cap), []).append(f"{path} = {value}")
+    for (endpoint_path, endpoint_cap), held in capped_by.items():
+        advice.append(f"raise {endpoint_path} (now {endpoint_cap}; it caps {' and '.join(held)})")
     if not advice:
         advice.append("raise llm.max_tokens")
     return " or ".join(dict.fromkeys(advice))

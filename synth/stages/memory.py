@@ -70,8 +70,9 @@ class MemoryConfig(BaseModel):
     )
     max_documents: PositiveInt | None = Field(
         None,
-        description="cap on documents read (earliest first, after dedup); the rest go to the failed "
-        "ledger as over_max_documents. null = all",
+        description="cap on documents read by the model (earliest first, after dedup; knowledge_graph "
+        "documents need no model and are not counted); the rest go to the failed ledger as "
+        "over_max_documents. null = all",
     )
     support_check: bool = Field(
         True,
@@ -423,7 +424,12 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
                     )
                 )
                 continue
-            if cfg.max_documents is not None and len({c.doc_id for c in items}) >= cfg.max_documents:
+            # The cap bounds model calls: knowledge_graph documents need none and always count in.
+            if (
+                cfg.max_documents is not None
+                and doc.source_type != "knowledge_graph"
+                and len({c.doc_id for c in items if c.source_type != "knowledge_graph"}) >= cfg.max_documents
+            ):
                 dropped.append(
                     Failure(
                         input_ids=[doc.id],

@@ -78,3 +78,24 @@ def test_smoke_prints_lineage_split_held_out_losses_and_writes_tensorboard_event
         "heldout/other_kind_unseen_source/rollout",
     } <= tags
     assert [e.step for e in acc.Scalars("heldout/other_kind_unseen_source")] == [0, 6]
+
+
+def test_the_smoke_trains_on_the_newest_real_run_never_on_a_preview(tmp_path: Path) -> None:
+    import os
+
+    import pyarrow as pa
+
+    from synth.layout import preview_run_id
+    from synth.shards import ShardStore
+
+    def corpus_run(run_id: str) -> Path:
+        run_dir = tmp_path / run_id
+        run_dir.mkdir()
+        (run_dir / "spec.yaml").write_text("name: quickstart\n")
+        ShardStore(run_dir).write_unit("corpus", "00000", pa.table({"id": ["c1"], "text": ["a text"]}))
+        return run_dir
+
+    real = corpus_run("quickstart-20261203-000000-aaaaaa")
+    preview = corpus_run(preview_run_id("quickstart"))
+    os.utime(preview, (real.stat().st_mtime + 60,) * 2)  # the preview is the newer one
+    assert smoke.find_corpus_run(tmp_path) == real

@@ -103,3 +103,14 @@ def test_truncation_advice_names_the_cap_that_cut_the_replies() -> None:
         "raise stages.planning.max_tokens (now 64) or raise stages.planning.judge_max_tokens (now 48)"
     )
     assert truncation_advice(spec, "rollouts", [cut.format(200)]) == "raise stages.rollouts.max_turn_tokens (now 200)"
+
+
+def test_settings_held_down_by_one_endpoint_cap_get_one_piece_of_advice() -> None:
+    spec = parse_spec(
+        {"name": "x", "llm": {"max_tokens": 96}, "stages": {"questions": {"max_tokens": 160, "judge_max_tokens": 128}}}
+    )
+    cut = "reply cut by the 96-token cap (finish_reason: length)"
+    assert truncation_advice(spec, "questions", [cut]) == (
+        "raise llm.max_tokens (now 96; it caps stages.questions.max_tokens = 160 and "
+        "stages.questions.judge_max_tokens = 128)"
+    )
