@@ -6,8 +6,7 @@ pause) is ``synth.llm.limits.LimiterCore``; this module only makes it cluster-wi
 * ``ClusterLimiter`` wraps one ``LimiterCore`` and runs as an async Ray actor
   (``start_limiter``) shared by every worker of a run. It serves ``exchange(client,
   reports, n, …)`` — report finished permits and lease up to ``n`` new ones in one round
-  trip — and also ``lease``/``report`` (the LLM layer's ``PermitLessor`` protocol plus a
-  client id).
+  trip — and ``close_client``.
 * ``ClusterPermitSource`` is the worker side, the ``PermitSource`` the worker's
   ``LLMClient`` is given (``cluster_permit_source``). Its one background task trades with
   the actor: every call carries all reports and permit requests accumulated since the
@@ -20,10 +19,9 @@ Two things only a cluster-wide limiter has to care about:
   long-polls: ``exchange(…, wait=True)`` waits inside the actor (up to ``long_poll_s``)
   until another worker's report frees capacity. A worker holding permits does not (its
   own reports would be stuck behind the wait); its next release triggers the next call.
-  Measured here (200 ms fake endpoint, concurrency 64, 2 cores): the LLM layer's generic
-  ``LeasedPermitSource`` (a 50 ms-flushed report path plus a separate lease path) reached
-  about 0.1 less of the request limit than a process-local limiter; this exchange design
-  matched the process-local limiter.
+  Measured here (200 ms fake endpoint, concurrency 64, 2 cores): an earlier design with a
+  50 ms-flushed report path plus a separate lease path reached about 0.1 less of the
+  request limit than a process-local limiter; this exchange design matched it.
 * **Dead workers.** A worker killed with permits leased would hold them forever and
   silently shrink the cluster's concurrency. Each client's outstanding permits are kept in
   a ledger; a heartbeat thread in the worker (not its event loop, which a CPU-bound stage
@@ -133,20 +131,6 @@ class ClusterLimiter:
         self._reclaimed = 0
 
     # -- the protocol -----------------------------------------------------------
-    async def lease(self, client_id: str, n: int, estimated_tokens_each: int = 0) -> Grant:
-        """Up to ``n`` permits; waits up to ``long_poll_s`` for capacity before answering with none.
-
-        An empty answer after the wait says ``retry_in_s=0``: ask again at once (the wait
-        happened here, where a report can end it early).
-        """
-        self._lease_calls += 1
-        return await self._lease(client_id, n, estimated_tokens_each, wait=True)
-
-    async def report(self, client_id: str, reports: list[tuple[Permit, PermitResult]]) -> None:
-        """Finished permits of ``client_id``; permits not in its ledger (already reclaimed) are ignored."""
-        self._report_calls += 1
-        self._apply(client_id, reports)
-
     async def exchange(
         self,
         client_id: str,

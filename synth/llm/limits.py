@@ -8,20 +8,16 @@ The client calls a ``PermitSource`` around every HTTP attempt::
     finally:
         source.release(permit, PermitResult(...))        # never awaits
 
-Three pieces live here:
+Two pieces live here (the cluster-wide limiter, a Ray actor over a ``LimiterCore``, is
+``pipelines.limiter``):
 
 * ``LimiterCore`` — the policy as a plain, synchronous, clock-injected state machine: a
   concurrency window under ``max_concurrency`` adapted by AIMD (halve on 429, +1 per window
   of successes, like TCP congestion control), ``requests_per_minute`` and
   ``tokens_per_minute`` token buckets, and a global pause honouring ``Retry-After``. It does
-  no I/O and holds no asyncio objects, so a cluster-wide Ray actor can hold one and serve
-  ``lease(n)`` / ``report(...)`` calls with it directly.
+  no I/O and holds no asyncio objects, so a cluster-wide Ray actor can hold one.
 * ``LocalLimiter`` — a ``PermitSource`` for one process: an asyncio FIFO queue in front of a
   ``LimiterCore``.
-* ``LeasedPermitSource`` — a ``PermitSource`` fed in batches by any ``PermitLessor`` (for
-  example a Ray actor wrapping ``LimiterCore``): one round trip leases up to ``batch_size``
-  permits, and outcomes are reported back in batches, so the remote limiter sees a handful
-  of calls per second rather than one per request.
 
 ``release`` is synchronous on purpose: it runs in ``finally`` blocks, also when the request
 task is being cancelled, where awaiting is unreliable. Remote implementations buffer the
@@ -363,148 +359,3 @@ class LocalLimiter:
 
         # A little slack so the bucket has really refilled when we look again.
         self._timer = loop.call_later(max(0.0, delay_s) + 0.001, fire)
-
-
-# --------------------------------------------------------------------------------------
-# Batched, remote
-# --------------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class PermitLessor(Protocol):
-    """A remote limiter that hands out permits in batches (e.g. a Ray actor over LimiterCore).
-
-    ``lease`` grants between 0 and ``n`` permits and, when fewer than ``n``, says when to ask
-    again (``Grant.retry_in_s``; ``None`` = after some permits come back). ``report`` returns
-    finished permits with their outcomes.
-    """
-
-    async def lease(self, n: int, estimated_tokens_each: int) -> Grant: ...
-
-    async def report(self, reports: list[tuple[Permit, PermitResult]]) -> None: ...
-
-
-class LeasedPermitSource:
-    """A ``PermitSource`` that serves callers from permits leased in batches from a lessor.
-
-    Reports are buffered and sent with the next lease, or after ``flush_interval_s``, so the
-    remote side sees about one call per batch. Surplus leased permits are returned as
-    ``unused`` when nobody is waiting, so idle workers do not hold cluster capacity.
-    ``aclose()`` flushes everything.
-    """
-
-    def __init__(
-        self,
-        lessor: PermitLessor,
-        *,
-        batch_size: int = 16,
-        flush_interval_s: float = 0.05,
-        poll_interval_s: float = 0.05,
-        linger_s: float = 0.2,
-    ) -> None:
-        self._lessor = lessor
-        self._batch = max(1, batch_size)
-        self._flush_interval_s = flush_interval_s
-        self._poll_interval_s = poll_interval_s
-        self._linger_s = linger_s
-        self._linger: asyncio.Task[None] | None = None
-        self._spare: list[Permit] = []
-        self._reports: list[tuple[Permit, PermitResult]] = []
-        self._waiters: deque[tuple[asyncio.Future[Permit], int]] = deque()
-        self._leaser: asyncio.Task[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def acquire(self, estimated_tokens: int = 0) -> Permit:
-        if not self._waiters and self._spare:
-            return self._spare.pop()
-        fut: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
-        self._waiters.append((fut, estimated_tokens))
-        self._ensure_leaser()
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self._spare.append(fut.result())
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove((fut, estimated_tokens))
-            raise
-
-    def release(self, permit: Permit, result: PermitResult) -> None:
-        self._reports.append((permit, result))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
-
-    async def aclose(self) -> None:
-        """Stop leasing, return spare permits, and flush all reports."""
-        for task in (self._leaser, self._flusher, self._linger):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._reports.extend((p, PermitResult.unused()) for p in self._spare)
-        self._spare.clear()
-        await self._flush()
-
-    def _ensure_leaser(self) -> None:
-        if self._leaser is None or self._leaser.done():
-            self._leaser = asyncio.get_running_loop().create_task(self._lease_loop())
-
-    async def _lease_loop(self) -> None:
-        failures = 0
-        while True:
-            while self._waiters and self._waiters[0][0].done():
-                self._waiters.popleft()
-            if not self._waiters:
-                return
-            want = min(self._batch, max(1, len(self._waiters)))
-            tokens = max(t for _, t in list(self._waiters)[:want])
-            await self._flush()
-            try:
-                grant = await self._lessor.lease(want, tokens)
-            except Exception as err:  # noqa: BLE001 (a remote limiter restarting must not strand waiters)
-                failures += 1
-                delay = min(2.0, self._poll_interval_s * 2**failures)
-                log.warning(
-                    "permit lease failed (%s: %s); retrying in %.2f s", type(err).__name__, err, delay
-                )
-                await asyncio.sleep(delay)
-                continue
-            failures = 0
-            self._spare.extend(grant.permits)
-            self._hand_out()
-            if not grant.permits:
-                await asyncio.sleep(
-                    grant.retry_in_s if grant.retry_in_s is not None else self._poll_interval_s
-                )
-
-    def _hand_out(self) -> None:
-        while self._waiters and self._spare:
-            fut, _ = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(self._spare.pop())
-        if not self._waiters and self._spare and (self._linger is None or self._linger.done()):
-            self._linger = asyncio.get_running_loop().create_task(self._return_spares_later())
-
-    async def _return_spares_later(self) -> None:
-        # Keep surplus permits briefly (the next acquire usually follows within milliseconds),
-        # then give them back rather than sit on cluster capacity while idle.
-        await asyncio.sleep(self._linger_s)
-        if not self._waiters and self._spare:
-            self._reports.extend((p, PermitResult.unused()) for p in self._spare)
-            self._spare.clear()
-            await self._flush()
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self._flush_interval_s)
-        await self._flush()
-
-    async def _flush(self) -> None:
-        if self._reports:
-            batch, self._reports = self._reports, []
-            try:
-                await self._lessor.report(batch)
-            except Exception as err:  # noqa: BLE001
-                # The remote side reclaims permits of silent clients; losing a report only
-                # delays that capacity, while raising here would kill the lease loop.
-                log.warning("permit report of %d failed (%s: %s)", len(batch), type(err).__name__, err)

@@ -55,7 +55,7 @@ def test_endpoint_limits_take_the_tightest_of_configs_sharing_a_url() -> None:
 def test_one_lease_call_hands_out_a_whole_batch() -> None:
     async def scenario() -> tuple[Grant, Any]:
         limiter = ClusterLimiter(EndpointLimits(max_concurrency=64))
-        grant = await limiter.lease("w1", 16, 100)
+        grant = await limiter.exchange("w1", [], 16, 100, wait=True)
         return grant, limiter.stats()
 
     grant, stats = asyncio.run(scenario())
@@ -99,12 +99,12 @@ def test_two_workers_together_never_exceed_the_ceiling_and_lease_in_batches() ->
 def test_long_poll_lease_returns_as_soon_as_a_report_frees_capacity() -> None:
     async def scenario() -> tuple[float, Grant]:
         limiter = ClusterLimiter(EndpointLimits(max_concurrency=1), long_poll_s=5.0)
-        first = await limiter.lease("a", 1)
+        first = await limiter.exchange("a", [], 1, wait=True)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        waiting = asyncio.create_task(limiter.lease("b", 1))
+        waiting = asyncio.create_task(limiter.exchange("b", [], 1, wait=True))
         await asyncio.sleep(0.05)
-        await limiter.report("a", [(first.permits[0], PermitResult.ok())])
+        await limiter.exchange("a", [(first.permits[0], PermitResult.ok())], 0)
         grant = await waiting
         return loop.time() - t0, grant
 
@@ -116,8 +116,8 @@ def test_long_poll_lease_returns_as_soon_as_a_report_frees_capacity() -> None:
 def test_long_poll_gives_up_with_an_immediate_retry_hint() -> None:
     async def scenario() -> Grant:
         limiter = ClusterLimiter(EndpointLimits(max_concurrency=1), long_poll_s=0.05)
-        await limiter.lease("a", 1)
-        return await limiter.lease("b", 1)
+        await limiter.exchange("a", [], 1, wait=True)
+        return await limiter.exchange("b", [], 1, wait=True)
 
     grant = asyncio.run(scenario())
     assert grant.permits == () and grant.retry_in_s == 0.0
@@ -130,13 +130,13 @@ def test_permits_of_a_client_that_stops_heartbeating_are_reclaimed() -> None:
         limiter = ClusterLimiter(
             EndpointLimits(max_concurrency=4), client_ttl_s=10, long_poll_s=0.0, clock=clock
         )
-        await limiter.lease("dead", 4)
+        await limiter.exchange("dead", [], 4, wait=True)
         clock.now += 5
         limiter.heartbeat("alive")
-        blocked = await limiter.lease("alive", 1)
+        blocked = await limiter.exchange("alive", [], 1, wait=True)
         assert blocked.permits == ()
         clock.now += 6  # "dead" silent for 11 s > ttl
-        return await limiter.lease("alive", 4), limiter.stats()
+        return await limiter.exchange("alive", [], 4, wait=True), limiter.stats()
 
     grant, stats = asyncio.run(scenario())
     assert len(grant.permits) == 4
@@ -150,11 +150,11 @@ def test_heartbeats_keep_a_slow_client_permits() -> None:
         limiter = ClusterLimiter(
             EndpointLimits(max_concurrency=2), client_ttl_s=10, long_poll_s=0.0, clock=clock
         )
-        await limiter.lease("slow", 2)
+        await limiter.exchange("slow", [], 2, wait=True)
         for _ in range(5):
             clock.now += 8
             limiter.heartbeat("slow")
-            await limiter.lease("other", 1)
+            await limiter.exchange("other", [], 1, wait=True)
         return limiter.stats()
 
     stats = asyncio.run(scenario())
@@ -168,10 +168,10 @@ def test_a_late_report_after_reclaim_does_not_free_capacity_twice() -> None:
         limiter = ClusterLimiter(
             EndpointLimits(max_concurrency=2), client_ttl_s=10, long_poll_s=0.0, clock=clock
         )
-        grant = await limiter.lease("paused", 2)
+        grant = await limiter.exchange("paused", [], 2, wait=True)
         clock.now += 11
-        await limiter.lease("other", 2)  # reclaims "paused", takes both
-        await limiter.report("paused", [(p, PermitResult.ok()) for p in grant.permits])
+        await limiter.exchange("other", [], 2, wait=True)  # reclaims "paused", takes both
+        await limiter.exchange("paused", [(p, PermitResult.ok()) for p in grant.permits], 0)
         return limiter.stats()
 
     stats = asyncio.run(scenario())
@@ -181,7 +181,7 @@ def test_a_late_report_after_reclaim_does_not_free_capacity_twice() -> None:
 def test_forget_returns_a_stopped_workers_permits_at_once() -> None:
     async def scenario() -> Any:
         limiter = ClusterLimiter(EndpointLimits(max_concurrency=3))
-        await limiter.lease("w", 3)
+        await limiter.exchange("w", [], 3, wait=True)
         assert limiter.forget("w") == 3
         return limiter.stats()
 
@@ -191,10 +191,10 @@ def test_forget_returns_a_stopped_workers_permits_at_once() -> None:
 def test_throttle_reports_shrink_the_shared_window_once_per_burst() -> None:
     async def scenario() -> Any:
         limiter = ClusterLimiter(EndpointLimits(max_concurrency=16))
-        a = await limiter.lease("a", 8)
-        b = await limiter.lease("b", 8)
-        await limiter.report("a", [(p, PermitResult.throttled()) for p in a.permits])
-        await limiter.report("b", [(p, PermitResult.throttled()) for p in b.permits])
+        a = await limiter.exchange("a", [], 8, wait=True)
+        b = await limiter.exchange("b", [], 8, wait=True)
+        await limiter.exchange("a", [(p, PermitResult.throttled()) for p in a.permits], 0)
+        await limiter.exchange("b", [(p, PermitResult.throttled()) for p in b.permits], 0)
         return limiter.stats()
 
     stats = asyncio.run(scenario())
@@ -354,11 +354,15 @@ def test_a_stress_of_sources_closing_at_random_moments_keeps_exact_accounting() 
 
 
 @pytest.mark.parametrize("n", [0, -1])
-def test_lease_of_nothing_still_grants_at_least_one(n: int) -> None:
-    async def scenario() -> Grant:
-        return await ClusterLimiter(EndpointLimits(max_concurrency=2)).lease("a", n)
+def test_an_exchange_asking_for_nothing_only_reports(n: int) -> None:
+    async def scenario() -> tuple[Grant, Any]:
+        limiter = ClusterLimiter(EndpointLimits(max_concurrency=2))
+        first = await limiter.exchange("a", [], 1, wait=True)
+        grant = await limiter.exchange("a", [(first.permits[0], PermitResult.ok())], n, wait=True)
+        return grant, limiter.stats()
 
-    assert len(asyncio.run(scenario()).permits) == 1
+    grant, stats = asyncio.run(scenario())
+    assert grant.permits == () and stats.in_flight == 0
 
 
 def test_a_finished_request_reports_and_leases_again_in_one_round_trip() -> None:

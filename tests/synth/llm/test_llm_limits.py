@@ -1,4 +1,4 @@
-"""Admission control: the LimiterCore policy, the LocalLimiter queue, the batched LeasedPermitSource."""
+"""Admission control: the LimiterCore policy and the LocalLimiter queue (the cluster-wide one: tests/pipelines/test_limiter.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import random
 import pytest
 
 from synth.llm.limits import (
-    Grant,
-    LeasedPermitSource,
     LimiterCore,
     LocalLimiter,
-    Permit,
     PermitResult,
     PermitSource,
 )
@@ -240,94 +237,6 @@ def test_local_limiter_works_across_event_loops() -> None:
 
     asyncio.run(burst())
     asyncio.run(burst())  # the pause timer of the first loop must not strand the second
-
-
-# --------------------------------------------------------------------------------------
-# LeasedPermitSource over an in-process lessor
-# --------------------------------------------------------------------------------------
-
-
-class CoreLessor:
-    """A PermitLessor over a LimiterCore in this process, counting round trips."""
-
-    def __init__(self, core: LimiterCore) -> None:
-        self.core = core
-        self.lease_calls = 0
-        self.report_calls = 0
-        self.peak = 0
-
-    async def lease(self, n: int, estimated_tokens_each: int) -> Grant:
-        self.lease_calls += 1
-        await asyncio.sleep(0.001)  # a round trip
-        grant = self.core.try_acquire(n, estimated_tokens_each)
-        self.peak = max(self.peak, self.core.in_flight)
-        return (
-            grant if grant.permits else Grant((), grant.retry_in_s if grant.retry_in_s is not None else 0.005)
-        )
-
-    async def report(self, reports: list[tuple[Permit, PermitResult]]) -> None:
-        self.report_calls += 1
-        self.core.release_many(reports)
-
-
-def test_leased_source_honours_the_remote_ceiling_in_batches() -> None:
-    async def main() -> CoreLessor:
-        lessor = CoreLessor(LimiterCore(max_concurrency=16))
-        sources = [LeasedPermitSource(lessor, batch_size=8, flush_interval_s=0.002) for _ in range(3)]
-
-        async def worker(i: int) -> None:
-            src = sources[i % 3]
-            p = await src.acquire(10)
-            await asyncio.sleep(0.003)
-            src.release(p, PermitResult.ok(tokens_used=10))
-
-        await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(600))), 30)
-        for s in sources:
-            await s.aclose()
-        return lessor
-
-    lessor = asyncio.run(main())
-    assert lessor.peak <= 16
-    assert lessor.core.in_flight == 0  # every permit came back, spares included
-    assert lessor.lease_calls < 600 / 2  # batched: far fewer round trips than requests
-
-
-def test_leased_source_returns_idle_spares_after_linger() -> None:
-    async def main() -> int:
-        lessor = CoreLessor(LimiterCore(max_concurrency=16))
-        src = LeasedPermitSource(lessor, batch_size=8, linger_s=0.02)
-        p = await src.acquire()
-        src.release(p, PermitResult.ok())
-        await asyncio.sleep(0.2)
-        in_flight = lessor.core.in_flight
-        await src.aclose()
-        return in_flight
-
-    assert asyncio.run(main()) == 0
-
-
-class FlakyLessor(CoreLessor):
-    """Fails its first two lease calls, as a restarting remote actor would."""
-
-    def __init__(self, core: LimiterCore) -> None:
-        super().__init__(core)
-        self.failures_left = 2
-
-    async def lease(self, n: int, estimated_tokens_each: int) -> Grant:
-        if self.failures_left:
-            self.failures_left -= 1
-            raise ConnectionError("actor restarting")
-        return await super().lease(n, estimated_tokens_each)
-
-
-def test_leased_source_keeps_serving_after_the_lessor_fails_for_a_while() -> None:
-    async def main() -> None:
-        src = LeasedPermitSource(FlakyLessor(LimiterCore(max_concurrency=4)), poll_interval_s=0.01)
-        p = await asyncio.wait_for(src.acquire(), 5)
-        src.release(p, PermitResult.ok())
-        await src.aclose()
-
-    asyncio.run(main())
 
 
 def test_timeouts_shrink_the_window_without_pausing_everyone() -> None:
