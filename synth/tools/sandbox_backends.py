@@ -52,6 +52,24 @@ def interpreter_paths() -> list[str]:
     return kept
 
 
+# Host directories the unshare bootstrap may cover with its new root's tmpfs.
+_ROOT_DIR_CANDIDATES = ("/tmp", "/mnt", "/run", "/var/tmp", "/srv", "/opt", "/media")
+
+
+def _overlaps(a: str, b: str) -> bool:
+    a, b = a.rstrip("/") or "/", b.rstrip("/") or "/"
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/") or "/" in (a, b)
+
+
+def new_root_dir(ro_paths: list[str]) -> str:
+    """A host directory for the new root's tmpfs that holds none of ``ro_paths`` (a venv in
+    /tmp must stay reachable while it is bound into the new root)."""
+    for candidate in _ROOT_DIR_CANDIDATES:
+        if os.path.isdir(candidate) and not any(_overlaps(candidate, p) for p in ro_paths):
+            return candidate
+    raise OSError(f"no directory for the sandbox's root: each of {_ROOT_DIR_CANDIDATES} holds {ro_paths}")
+
+
 @dataclass(frozen=True)
 class ChildConfig:
     """What the bootstrap is told (its one JSON argument)."""
@@ -67,6 +85,7 @@ class ChildConfig:
     build_root: bool = False
     drop_caps: bool = False
     ro_paths: list[str] = field(default_factory=list)
+    root_dir: str = "/tmp"
 
     def as_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -104,13 +123,15 @@ class BwrapBackend(SandboxBackend):
     def command(self, child: ChildConfig) -> list[str]:
         argv = [self.executable, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+        # Scratch first: an interpreter under /tmp on the host (a checkout there) is bound on
+        # top of the scratch tmpfs instead of being hidden by it.
+        argv += ["--size", str(child.scratch_bytes), "--tmpfs", SCRATCH_DIR]
         for path in interpreter_paths():
             if os.path.islink(path) and path in _SYSTEM_DIRS:
                 argv += ["--symlink", os.readlink(path), path]
             else:
                 argv += ["--ro-bind", path, path]
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--size", str(child.scratch_bytes), "--tmpfs", SCRATCH_DIR]
         # After every mount: the root tmpfs (and its mount points) read-only, scratch stays writable.
         argv += ["--remount-ro", "/", "--chdir", SCRATCH_DIR]
         return [*argv, sys.executable, "-I", "-c", child_source(), child.as_json()]
@@ -125,7 +146,13 @@ class UnshareBackend(SandboxBackend):
 
     def child_config(self, child: ChildConfig) -> ChildConfig:
         return ChildConfig(
-            **{**child.__dict__, "build_root": True, "drop_caps": True, "ro_paths": interpreter_paths()}
+            **{
+                **child.__dict__,
+                "build_root": True,
+                "drop_caps": True,
+                "ro_paths": interpreter_paths(),
+                "root_dir": new_root_dir(interpreter_paths()),
+            }
         )
 
     def command(self, child: ChildConfig) -> list[str]:

@@ -90,11 +90,18 @@ def _bind_readonly(source, target):
 # ---------------------------------------------------------------------------
 
 
-def build_root(ro_paths, scratch, scratch_bytes):
-    """A new root with ``ro_paths`` read-only, private /proc and /dev, and a tmpfs ``scratch``."""
-    new_root = "/tmp"  # any existing directory: the tmpfs covers it in this mount namespace only
+def build_root(ro_paths, scratch, scratch_bytes, root_dir="/tmp"):
+    """A new root with ``ro_paths`` read-only, private /proc and /dev, and a tmpfs ``scratch``.
+
+    ``root_dir`` is any existing host directory that holds none of ``ro_paths`` (the tmpfs
+    covers it in this mount namespace only). The scratch tmpfs is mounted before the
+    read-only paths, so an interpreter that lives under the scratch dir on the host (a
+    checkout in /tmp) is bound on top of it instead of hidden by it."""
+    new_root = root_dir
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
     _mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    os.makedirs(new_root + scratch, exist_ok=True)
+    _mount("tmpfs", new_root + scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0777,size=" + str(scratch_bytes))
     for path in ro_paths:
         if os.path.islink(path):  # /lib -> usr/lib on merged-usr systems
             os.symlink(os.readlink(path), new_root + path)
@@ -117,8 +124,6 @@ def build_root(ro_paths, scratch, scratch_bytes):
             _mount(
                 None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None
             )
-    os.makedirs(new_root + scratch, exist_ok=True)
-    _mount("tmpfs", new_root + scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0777,size=" + str(scratch_bytes))
     os.makedirs(new_root + "/.oldroot")
     os.chdir(new_root)
     _check(_LIBC.syscall(_SYSCALLS["pivot_root"], b".", b".oldroot"), "pivot_root")
@@ -288,7 +293,7 @@ def main():
     os.close(null)
     try:
         if cfg["build_root"]:
-            build_root(cfg["ro_paths"], cfg["scratch"], cfg["scratch_bytes"])
+            build_root(cfg["ro_paths"], cfg["scratch"], cfg["scratch_bytes"], cfg.get("root_dir", "/tmp"))
     except OSError as err:
         _fail_setup("filesystem", err)
     os.chdir(cfg["scratch"])

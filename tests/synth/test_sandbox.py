@@ -23,7 +23,7 @@ from synth.tools.sandbox import (
     python_tool_notice,
     run_python,
 )
-from synth.tools.sandbox_backends import BwrapBackend, Detection, detect_backend
+from synth.tools.sandbox_backends import BwrapBackend, ChildConfig, Detection, detect_backend, new_root_dir
 from synth.tools.sandbox_cgroup import host_cgroups
 from synth.tools.search import SearchIndex
 
@@ -111,12 +111,16 @@ def test_installed_packages_are_importable_read_only() -> None:
 
 
 def test_scratch_is_fresh_for_every_call() -> None:
+    from synth.tools.sandbox_backends import interpreter_paths
+
+    # A checkout under /tmp shows its read-only interpreter's mount point in scratch.
+    mounts = sorted({p.split("/")[2] for p in interpreter_paths() if p.startswith("/tmp/")})
     first, _ = run(
         "open('/tmp/left.txt', 'w').write('x')\nimport os\nprint(os.getcwd(), sorted(os.listdir('.')))"
     )
-    assert first.stdout.strip() == "/tmp ['left.txt', 'main.py']"
-    second, _ = run("import os\nprint(os.listdir('/tmp'))")
-    assert second.stdout.strip() == "['main.py']"
+    assert first.stdout.strip() == f"/tmp {sorted(['left.txt', 'main.py', *mounts])}"
+    second, _ = run("import os\nprint(sorted(os.listdir('/tmp')))")
+    assert second.stdout.strip() == str(sorted(["main.py", *mounts]))
 
 
 def test_an_uncaught_error_shows_its_traceback_without_the_bootstrap() -> None:
@@ -298,3 +302,28 @@ def test_environment_answers_python_calls_with_the_disabled_observation(tmp_path
     )
     obs = asyncio.run(env.run(ToolAction(tool="python", arguments={"code": "print(1)"})))
     assert obs.startswith("[python] Unavailable: the python tool is disabled on this host")
+
+
+# ---------------------------------------------------------------------------
+# A checkout (and its virtualenv) under /tmp, as CI clones may be
+# ---------------------------------------------------------------------------
+
+
+def test_the_unshare_root_never_covers_an_interpreter_path() -> None:
+    assert new_root_dir(["/usr", "/opt/venv"]) == "/tmp"
+    chosen = new_root_dir(["/usr", "/tmp/ci/main/.venv"])
+    assert chosen != "/tmp" and not "/tmp/ci/main/.venv".startswith(chosen + "/")
+
+
+def test_bubblewrap_mounts_scratch_before_the_interpreter_so_a_venv_in_tmp_stays_visible(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from synth.tools import sandbox_backends
+
+    monkeypatch.setattr(sandbox_backends, "interpreter_paths", lambda: ["/usr", "/tmp/ci/main/.venv"])
+    child = ChildConfig(
+        cpu_s=1, memory_bytes=1, file_bytes=1, max_processes=1, scratch="/tmp", scratch_bytes=1,
+        allow_subprocesses=False, seccomp=False,
+    )
+    argv = BwrapBackend("bwrap").command(child)
+    assert argv.index("--tmpfs") < argv.index("/tmp/ci/main/.venv")
