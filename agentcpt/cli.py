@@ -69,6 +69,15 @@ def _version() -> str:
         return "unknown"
 
 
+def _run_command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand about one run: its ``run_id`` and the ``--output-dir`` holding the runs."""
+    parser = sub.add_parser(name, **kwargs)
+    parser.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
+    parser.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
+    parser.set_defaults(target=name)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="agentcpt",
@@ -105,42 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     va.set_defaults(target="validate")
 
-    s = sub.add_parser("status", help="progress of a run")
-    s.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
-    s.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
+    s = _run_command(sub, "status", help="progress of a run")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.set_defaults(target="status")
 
-    c = sub.add_parser("cancel", help="cancel a run")
-    c.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
-    c.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
-    c.set_defaults(target="cancel")
+    _run_command(sub, "cancel", help="cancel a run")
 
-    st = sub.add_parser("stats", help="per-stage counts, verdicts and tokens (DuckDB over the shards)")
-    st.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
+    st = _run_command(sub, "stats", help="per-stage counts, verdicts and tokens (DuckDB over the shards)")
     st.add_argument("--sql", help="run this query over one view per stage (e.g. select count(*) from planning)")
     st.add_argument(
         "--allow-external",
         action="store_true",
         help="let --sql read and write files outside the run's shards (DuckDB external access; off by default)",
     )
-    st.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
-    st.set_defaults(target="stats")
 
-    ve = sub.add_parser("verify", help="check every committed file of a run against its manifest sha256")
-    ve.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
-    ve.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
-    ve.set_defaults(target="verify")
+    _run_command(sub, "verify", help="check every committed file of a run against its manifest sha256")
 
-    ca = sub.add_parser("catalog", help="write runs/ID/catalog.duckdb with a view per stage")
-    ca.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
-    ca.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
-    ca.set_defaults(target="catalog")
+    _run_command(sub, "catalog", help="write runs/ID/catalog.duckdb with a view per stage")
 
-    ex = sub.add_parser(
-        "export", help="rollouts and decisions as SFT chat data (messages, sharegpt), or shards + card for the Hub (hf)"
+    ex = _run_command(
+        sub,
+        "export",
+        help="rollouts and decisions as SFT chat data (messages, sharegpt), or shards + card for the Hub (hf)",
     )
-    ex.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
     ex.add_argument("--to", required=True, help="output folder (created; files of the same names are replaced)")
     ex.add_argument(
         "--format",
@@ -150,13 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "hf: the Parquet shards and the dataset card",
     )
     ex.add_argument("--push", metavar="REPO", help="upload the folder to this Hub dataset repo (needs HF_TOKEN)")
-    ex.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
-    ex.set_defaults(target="export")
 
-    qu = sub.add_parser("quality", help="corpus quality figures (HAS probe, fills, outcomes, CPT mix); writes runs/ID/quality.json")
-    qu.add_argument("run_id", help="the run's id (as printed by agentcpt run)")
-    qu.add_argument("--output-dir", default="runs", help="directory holding the runs (default: runs)")
-    qu.set_defaults(target="quality")
+    _run_command(sub, "quality", help="corpus quality figures (HAS probe, fills, outcomes, CPT mix); writes runs/ID/quality.json")
 
     llm = sub.add_parser("llm", help="the embedded LLM endpoint and the client benchmark")
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")

@@ -411,6 +411,7 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
         matches = find_duplicate_matches([(d.id, d.text) for d in docs], threshold, signatures=signatures)
         dropped: list[Failure] = []
         items: list[MemoryChunk] = []
+        read_by_model = 0  # documents whose chunks go to the model (the cap counts these)
         for doc in docs:
             match = matches.get(doc.id)
             if match is not None:
@@ -428,7 +429,7 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
             if (
                 cfg.max_documents is not None
                 and doc.source_type != "knowledge_graph"
-                and len({c.doc_id for c in items if c.source_type != "knowledge_graph"}) >= cfg.max_documents
+                and read_by_model >= cfg.max_documents
             ):
                 dropped.append(
                     Failure(
@@ -439,6 +440,8 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
                 )
                 continue
             chunks = chunk_text(doc.text, cfg.chunk_chars)
+            if chunks and doc.source_type != "knowledge_graph":
+                read_by_model += 1
             items.extend(
                 MemoryChunk(
                     doc_id=doc.id,

@@ -145,13 +145,14 @@ class UnshareBackend(SandboxBackend):
     name: ClassVar[BackendName] = "unshare"
 
     def child_config(self, child: ChildConfig) -> ChildConfig:
+        ro_paths = interpreter_paths()
         return ChildConfig(
             **{
                 **child.__dict__,
                 "build_root": True,
                 "drop_caps": True,
-                "ro_paths": interpreter_paths(),
-                "root_dir": new_root_dir(interpreter_paths()),
+                "ro_paths": ro_paths,
+                "root_dir": new_root_dir(ro_paths),
             }
         )
 
