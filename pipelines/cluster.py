@@ -141,9 +141,9 @@ class WorkerPool:
         self._owner[ref] = member
         return ref
 
-    def submit_prepare(self, stage: str) -> Any:
+    def submit_prepare(self, stage: str, unit_size: int, limit: int | None = None) -> Any:
         member = self._least_loaded()
-        ref = member.handle.prepare.remote(stage)
+        ref = member.handle.prepare.remote(stage, unit_size, limit)
         member.in_flight += 1
         self._owner[ref] = member
         return ref

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -76,6 +77,11 @@ class LimiterStats(BaseModel):
 class _ClientLedger:
     last_seen: float
     outstanding: Counter[Permit] = field(default_factory=Counter)
+    held: int = 0  # sum of ``outstanding``
+    # Permits this client asked for and did not get, and until when that ask counts as
+    # demand (a client asks again at least every poll while it still waits).
+    wanting: int = 0
+    wanting_until: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class ClusterLimiter:
         *,
         client_ttl_s: float = 20.0,
         long_poll_s: float = 5.0,
+        demand_ttl_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.core = LimiterCore(
@@ -119,6 +126,7 @@ class ClusterLimiter:
         self._clock = clock
         self._ttl_s = client_ttl_s
         self._long_poll_s = long_poll_s
+        self._demand_ttl_s = demand_ttl_s
         self._clients: dict[str, _ClientLedger] = {}
         # Clients that closed: a lease of theirs still running (a long poll), or arriving
         # late, is answered with nothing, so no permit is ever granted to a closed client.
@@ -147,6 +155,9 @@ class ClusterLimiter:
         self._lease_calls += 1
         self._apply(client_id, reports)
         if n <= 0:
+            ledger = self._clients.get(client_id)
+            if ledger is not None:
+                self._note_demand(ledger, 0)  # nothing wanted any more: no claim on a share
             return Grant(())
         return await self._lease(client_id, n, estimated_tokens_each, wait=wait)
 
@@ -203,6 +214,7 @@ class ClusterLimiter:
                     del outstanding[permit]
                 else:
                     outstanding[permit] = held - 1
+                ledger.held -= 1
                 accepted.append((permit, result))
         if accepted:
             self.core.release_many(accepted)
@@ -215,9 +227,12 @@ class ClusterLimiter:
                 return Grant((), None)
             ledger = self._touch(client_id)
             self._reap()
-            grant = self.core.try_acquire(max(1, n), estimated_tokens_each)
+            share = self._fair_share_left(client_id, ledger)
+            grant = self.core.try_acquire(min(max(1, n), share), estimated_tokens_each) if share else Grant(())
+            self._note_demand(ledger, max(1, n) - len(grant.permits))
             if grant.permits:
                 ledger.outstanding.update(grant.permits)
+                ledger.held += len(grant.permits)
                 self._granted += len(grant.permits)
                 self._peak = max(self._peak, self.core.in_flight)
                 return grant
@@ -230,6 +245,28 @@ class ClusterLimiter:
                 await asyncio.wait_for(released.wait(), timeout=wait_s)
             except TimeoutError:
                 pass
+
+    def _fair_share_left(self, client_id: str, ledger: _ClientLedger) -> int:
+        """How many more permits ``client_id`` may take while others wait for theirs.
+
+        Without this, a busy worker whose finished permit comes back in the same call that
+        asks for a new one always wins it, and a worker that asked later never gets any
+        (bench/pipeline.py: one worker's two units waited 35 s while the other ran 18).
+        While another client's ask is unmet, each client may hold up to its share of the
+        window (window / clients with demand); alone, a client may take all of it.
+        """
+        now = self._clock()
+        others = sum(
+            1 for c, led in self._clients.items() if c != client_id and led.wanting > 0 and led.wanting_until > now
+        )
+        if not others:
+            return self.core.limit
+        share = math.ceil(self.core.limit / (others + 1))
+        return max(0, share - ledger.held)
+
+    def _note_demand(self, ledger: _ClientLedger, unmet: int) -> None:
+        ledger.wanting = max(0, unmet)
+        ledger.wanting_until = self._clock() + self._demand_ttl_s if unmet > 0 else float("-inf")
 
     def _touch(self, client_id: str) -> _ClientLedger:
         now = self._clock()
@@ -342,12 +379,15 @@ class ClusterPermitSource:
     ``aclose`` is exact: its last call (``close``) makes the limiter take back every permit
     this source holds or is about to receive, whatever is in flight at that moment.
 
-    ``reuse`` (for endpoints limited by concurrency alone: no RPM/TPM bucket may be
-    bypassed) lets a permit whose request succeeded pass straight to a waiter of this
-    worker up to ``reuse`` times before it goes back. Each Ray call costs ~2 ms of CPU on
-    this machine (caller plus actor), more than the rest of a request; with ``reuse=3``
-    a busy worker makes a quarter of the calls. The price: after a 429 elsewhere halves
-    the window, this worker's permits come back within ``reuse`` requests, not at once.
+    ``reuse_s`` (for endpoints limited by concurrency alone: no RPM/TPM bucket may be
+    bypassed) lets a permit whose request succeeded pass straight to the next acquire of
+    this worker while it is younger than ``reuse_s`` seconds (since the limiter granted
+    it); then it goes back. Each Ray call costs ~2 ms of CPU on this machine (caller plus
+    actor), more than the rest of a request. A count of uses (the first version: 3) still
+    made ~0.2 calls per request (bench/pipeline.py: 2,127 calls for 10,001 requests); an
+    age bound makes the calls per second depend on the permits held, not on the request
+    rate. The price: the limiter's view of who holds what, and a window shrink after a
+    429 elsewhere, reach this worker within ``reuse_s``, not at once.
     """
 
     def __init__(
@@ -359,7 +399,7 @@ class ClusterPermitSource:
         poll_s: float = 2.0,
         linger_s: float = 0.2,
         min_interval_s: float = 0.01,
-        reuse: int = 0,
+        reuse_s: float = 0.0,
     ) -> None:
         self._exchange = exchange
         self._close = close
@@ -368,14 +408,17 @@ class ClusterPermitSource:
         self._poll_s = poll_s
         self._linger_s = linger_s
         self._min_interval_s = min_interval_s
-        self._reuse = max(0, reuse)
-        self._uses: dict[int, int] = {}  # id(permit) -> times reused here since the limiter granted it
+        self._reuse_s = max(0.0, reuse_s)
+        self._granted_at: dict[int, float] = {}  # id(permit) -> loop time the limiter granted it (reuse_s > 0)
         self._last_call = float("-inf")
         self._spare: list[Permit] = []
         self._waiters: deque[tuple[asyncio.Future[Permit], int]] = deque()
         self._reports: list[tuple[Permit, PermitResult]] = []
         self._in_use = 0
         self._kicked: asyncio.Event | None = None
+        # The limiter had no permit for this worker's last ask: more waiters arriving does
+        # not change that, so they wait for a release here or the next poll, not a call.
+        self._refused = False
         self._pump_task: asyncio.Task[None] | None = None
         self.round_trips = 0
         self.last_contact = float("-inf")  # time.monotonic() of the last answered call (Heartbeat)
@@ -389,7 +432,8 @@ class ClusterPermitSource:
             return self._spare.pop()
         fut: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
         self._waiters.append((fut, estimated_tokens))
-        self._kick()
+        if not self._refused or len(self._waiters) == 1:
+            self._kick()
         try:
             return await fut
         except asyncio.CancelledError:
@@ -406,17 +450,27 @@ class ClusterPermitSource:
         self._in_use -= 1
         if self._closing:
             return  # the limiter took this permit back when the source closed
-        if result.outcome == "ok" and self._uses.get(id(permit), 0) < self._reuse:
-            # Reuse: a waiter here takes the permit at once, without a round trip. It stays
-            # leased to this client, so the ceiling holds; after ``reuse`` uses it goes back.
+        granted_at = self._granted_at.get(id(permit))
+        if (
+            result.outcome == "ok"
+            and granted_at is not None
+            and asyncio.get_running_loop().time() - granted_at < self._reuse_s
+        ):
+            # Reuse: a waiter here takes the permit at once, without a round trip; with none
+            # waiting it stays here as a spare for the next acquire (a stage's next call
+            # usually follows its last one's release), handed back after ``linger_s`` if
+            # nobody asks. It stays leased to this client, so the ceiling holds; once
+            # older than ``reuse_s`` it goes back.
             while self._waiters:
                 fut, _ = self._waiters.popleft()
                 if not fut.done():
-                    self._uses[id(permit)] = self._uses.get(id(permit), 0) + 1
                     self._in_use += 1
                     fut.set_result(permit)
                     return
-        self._uses.pop(id(permit), None)
+            self._spare.append(permit)
+            self._kick()  # starts the pump's linger clock for this spare
+            return
+        self._granted_at.pop(id(permit), None)
         self._reports.append((permit, result))
         self._kick()
 
@@ -432,7 +486,7 @@ class ClusterPermitSource:
         self._closing = True
         reports = self._reports + [(p, PermitResult.unused()) for p in self._spare]
         self._reports, self._spare = [], []
-        self._uses.clear()
+        self._granted_at.clear()
         for fut, _ in self._waiters:
             if not fut.done():
                 fut.set_exception(PermitSourceClosed("the permit source closed while waiting"))
@@ -485,6 +539,8 @@ class ClusterPermitSource:
                 if self._spare and not await self._sleep_until_kicked(self._linger_s) and not self._waiters:
                     # Idle with permits nobody asked for: give them back to the cluster.
                     self._reports += [(p, PermitResult.unused()) for p in self._spare]
+                    for p in self._spare:
+                        self._granted_at.pop(id(p), None)
                     self._spare.clear()
                 elif not self._spare:
                     await self._sleep_until_kicked(None)
@@ -514,12 +570,19 @@ class ClusterPermitSource:
             self.last_contact = time.monotonic()
             if self._closing:
                 return  # granted before the close reached the limiter: it took them back
+            if self._reuse_s > 0:
+                now = asyncio.get_running_loop().time()
+                self._granted_at.update((id(p), now) for p in grant.permits)
             self._spare.extend(grant.permits)
             self._hand_out()
             if want > 0 and not grant.permits:
                 delay = grant.retry_in_s if grant.retry_in_s else (0.0 if wait else self._poll_s)
                 if delay > 0:
-                    await self._sleep_until_kicked(delay)
+                    self._refused = True
+                    try:
+                        await self._sleep_until_kicked(delay)
+                    finally:
+                        self._refused = False
 
 
 class Heartbeat:
@@ -561,11 +624,11 @@ class Heartbeat:
 
 
 def cluster_permit_source(
-    actor: Any, client_id: str, *, batch_size: int = 16, reuse: int = 0
+    actor: Any, client_id: str, *, batch_size: int = 16, reuse_s: float = 0.0
 ) -> ClusterPermitSource:
     """The ``PermitSource`` a worker's LLM client uses: permits traded with the cluster limiter actor.
 
-    ``reuse``: see ``ClusterPermitSource`` (only for endpoints without RPM/TPM limits).
+    ``reuse_s``: see ``ClusterPermitSource`` (only for endpoints without RPM/TPM limits).
     """
 
     async def exchange(reports: list[tuple[Permit, PermitResult]], n: int, tokens: int, wait: bool) -> Grant:
@@ -574,4 +637,4 @@ def cluster_permit_source(
     async def close(reports: list[tuple[Permit, PermitResult]]) -> Any:
         return await actor.close_client.remote(client_id, reports)
 
-    return ClusterPermitSource(exchange, close, batch_size=batch_size, reuse=reuse)
+    return ClusterPermitSource(exchange, close, batch_size=batch_size, reuse_s=reuse_s)

@@ -35,8 +35,9 @@ from synth.llm.preflight import EndpointCheck, check_endpoint, distinct_endpoint
 from synth.spec import RunSpec
 
 EMBEDDED = "embedded"
-# Uses of a permit in a worker before it goes back to the limiter (concurrency-only endpoints).
-PERMIT_REUSE = 3
+# Seconds a permit may serve one worker's requests before it goes back to the limiter
+# (concurrency-only endpoints; see ClusterPermitSource).
+PERMIT_REUSE_S = 5.0
 
 
 def endpoint_configs(spec: RunSpec) -> list[LLMConfig]:
@@ -204,7 +205,7 @@ def open_worker_llms(
             for c in endpoint_configs(spec)
             if c.base_url == url
         )
-        sources[url] = cluster_permit_source(actor, f"{client_id}:{url}", reuse=0 if rated else PERMIT_REUSE)
+        sources[url] = cluster_permit_source(actor, f"{client_id}:{url}", reuse_s=0.0 if rated else PERMIT_REUSE_S)
         out.permit_sources.append(sources[url])
         source = sources[url]
         hb = Heartbeat(actor, f"{client_id}:{url}", last_contact=lambda s=source: s.last_contact)

@@ -36,7 +36,6 @@ from pipelines.units import (
     StagePlan,
     UnitResult,
     UnitTask,
-    cut_units,
     is_data_unit,
     read_plan,
     write_plan,
@@ -273,7 +272,7 @@ class Scheduler:
             while st.queue and len(self._in_flight) < self._max_in_flight:
                 task, items = st.queue.popleft()
                 if task.unit == "":
-                    ref = self._pool.submit_prepare(st.name)
+                    ref = self._pool.submit_prepare(st.name, self._spec.execution.unit_size, self._preview_items)
                     self._in_flight[ref] = _InFlight(st.name, "prepare")
                 else:
                     ref = self._pool.submit_unit(task, items)
@@ -308,10 +307,7 @@ class Scheduler:
         return None
 
     def _planned(self, st: _StageState, result: PrepareResult) -> None:
-        unit_size = self._spec.execution.unit_size
-        items = result.items if self._preview_items is None else result.items[: self._preview_items]
-        units = cut_units(items, unit_size)
-        names = [u for u, _ in units]
+        names = result.units
         previous = read_plan(self._run_dir, st.name)
         if previous is not None and previous.units != names:
             # prepare must be deterministic (synth/stage.py); a changed plan would mix units
@@ -325,10 +321,11 @@ class Scheduler:
             StagePlan(
                 stage=st.name,
                 units=names,
-                items=len(items),
-                items_available=len(result.items) if self._preview_items is not None else None,
+                items=result.items,
+                items_available=result.items_available if self._preview_items is not None else None,
                 dropped=result.dropped,
-                unit_size=unit_size,
+                unit_size=self._spec.execution.unit_size,
+                sources=result.sources,
             ),
         )
         st.planned = names
@@ -339,12 +336,13 @@ class Scheduler:
             st.committed.add("dropped")
             self._board.counts_dropped(st.name, result.dropped)
         self._board.message(
-            f"[{st.name}] prepared {len(result.items)} items in {len(names)} units, {result.dropped} dropped"
+            f"[{st.name}] prepared {result.items_available} items in {len(names)} units, {result.dropped} dropped"
         )
-        for unit, chunk in units:
+        for unit in names:
             if unit not in st.committed:
                 st.seen.add(unit)
-                st.queue.append((UnitTask(st.name, unit), chunk))
+                # No items here: the worker reads the unit's items that prepare wrote.
+                st.queue.append((UnitTask(st.name, unit), None))
 
     # -- stopping -------------------------------------------------------------
     def _stop_in_flight(self) -> None:

@@ -10,14 +10,15 @@ Unit assignment is deterministic so that a resumed run arrives at the same units
 
 A stage's plan (its unit names) is saved under ``plan/<stage>.json`` once a barrier stage's
 ``prepare`` has run, and again, marked complete, when any stage completes: a resumed run
-then knows the stage is done without running ``prepare`` again.
+then knows the stage is done without running ``prepare`` again. A barrier stage's plan also
+counts its items per source (``Stage.item_sources``), which ``--preview`` scales to the full run.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synth.layout import RunLayout
 from synth.shards import atomic_write_bytes, unit_name
+from synth.stage import ItemSource
 
 DROPPED_UNIT = "dropped"
 """Unit name of a barrier stage's dropped inputs (failed ledger only); never a map unit."""
@@ -43,6 +45,23 @@ def cut_units(items: Sequence[Any], unit_size: int) -> list[tuple[str, list[Any]
         (unit_name(i), list(items[start : start + unit_size]))
         for i, start in enumerate(range(0, len(items), unit_size))
     ]
+
+
+def preview_cut(items: Sequence[Any], limit: int, source_of: Callable[[Any], str]) -> list[Any]:
+    """The first ``limit`` items of each source (``--preview``), in their order.
+
+    Per source, not overall: the first five items of the quickstart's documents are all web
+    pages, and a preview that never sees its knowledge-graph triples samples nothing of the
+    questions they feed.
+    """
+    taken: dict[str, int] = {}
+    out: list[Any] = []
+    for item in items:
+        source = source_of(item)
+        if taken.get(source, 0) < limit:
+            taken[source] = taken.get(source, 0) + 1
+            out.append(item)
+    return out
 
 
 @dataclass(frozen=True)
@@ -75,12 +94,17 @@ class UnitResult:
 
 @dataclass(frozen=True)
 class PrepareResult:
-    """A barrier stage's work items (in order) and how many inputs ``prepare`` dropped."""
+    """A barrier stage's units (their items are in the run directory: ``RunLayout.unit_items``)
+    and how many items it made and inputs it dropped."""
 
-    items: list[Any]
+    units: list[str]
+    items: int  # items cut into units (the first ``limit`` of a preview)
+    items_available: int  # items prepare returned
     dropped: int
     usage: dict[str, Any] | None = None
     usage_source: str = ""
+    # prepare's items counted per source (Stage.item_sources): how a preview scales them.
+    sources: list[ItemSource] = field(default_factory=list)
 
 
 class StagePlan(BaseModel):
@@ -95,6 +119,10 @@ class StagePlan(BaseModel):
     )
     dropped: int = Field(0, description="inputs prepare dropped (committed under the 'dropped' unit)")
     unit_size: int | None = Field(None, description="execution.unit_size the items were cut with")
+    sources: list[ItemSource] = Field(
+        default_factory=list,
+        description="prepare's items per source (Stage.item_sources), which --preview scales one by one",
+    )
     complete: bool = Field(False, description="every unit is committed")
 
 

@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.fence import register_worker
-from pipelines.units import DROPPED_UNIT, PrepareResult, UnitResult, UnitTask
+from pipelines.units import DROPPED_UNIT, PrepareResult, UnitResult, UnitTask, cut_units, preview_cut
 from synth.dedup import DEDUP_SOURCES, write_unit_signatures
 from synth.layout import RunLayout
 from synth.llm.cache import cache_scope
 from synth.records import Record
-from synth.shards import ManifestRow, ShardStore, default_worker
+from synth.shards import ManifestRow, ShardStore, atomic_write_bytes, default_worker
 from synth.spec import RunSpec
 from synth.stage import Stage, StageContext, StageOutput
 
@@ -87,6 +89,7 @@ class UnitWorker:
     def __init__(self, job: WorkerJob, worker_name: str | None = None) -> None:
         self._job = job
         self._store = ShardStore(job.run_dir)
+        self._layout = RunLayout(Path(job.run_dir))
         self._reader = StageReader(self._store)
         self._worker_name = worker_name or _ray_node_id() or default_worker()
         # Usage snapshots are cumulative per process: a restarted worker is a new source.
@@ -102,8 +105,14 @@ class UnitWorker:
         """Where this worker runs: its manifest worker name (Ray node id) and pid."""
         return {"worker": self._worker_name, "pid": os.getpid(), "source": self._source}
 
-    async def prepare(self, stage_name: str) -> PrepareResult:
-        """Run a barrier stage's ``prepare``; commit its dropped inputs once (unit ``dropped``)."""
+    async def prepare(self, stage_name: str, unit_size: int, limit: int | None = None) -> PrepareResult:
+        """Run a barrier stage's ``prepare``, cut its items into units and write each unit's
+        items to the run directory; commit the dropped inputs once (unit ``dropped``).
+
+        Only unit names and counts go back to the driver: a stage's items (the memory
+        stage's chunks, the corpus's texts) grow with the corpus, the driver must not
+        (issue 19). ``limit`` keeps the first items of each source only (``--preview``).
+        """
         stage = self._job.stages[stage_name]
         ctx = (await self._context()).scoped_to(stage)
         prepared = await asyncio.to_thread(stage.prepare, ctx)
@@ -120,8 +129,20 @@ class UnitWorker:
                 )
             except FileExistsError:
                 pass  # committed by a concurrent or earlier attempt: the ledger has them once
+        items = list(prepared.items)
+        used = items if limit is None else preview_cut(items, limit, lambda item: stage.item_origin(item).source)
+        units = cut_units(used, unit_size)
+        await asyncio.to_thread(self._write_unit_items, stage_name, units)
+        # Counted over every item, not a preview's first ones: --preview scales each source.
+        sources = await asyncio.to_thread(stage.item_sources, items, ctx.spec)
+        if limit is not None:
+            sampled = Counter(stage.item_origin(item).source for item in used)
+            sources = [s.model_copy(update={"sampled": sampled.get(s.source, 0)}) for s in sources]
         return PrepareResult(
-            items=list(prepared.items),
+            units=[name for name, _ in units],
+            items=len(used),
+            items_available=len(items),
+            sources=sources,
             dropped=len(prepared.dropped),
             usage=self._usage_snapshot(),
             usage_source=self._source,
@@ -136,6 +157,8 @@ class UnitWorker:
         ctx = (await self._context()).scoped_to(stage)
         if task.upstream is not None:
             items = await asyncio.to_thread(self._store.read_unit_records, task.upstream, task.unit)
+        elif items is None:
+            items = await asyncio.to_thread(self._read_unit_items, task.stage, task.unit)
         items = list(items or [])
         # An empty unit (every upstream input failed) is committed empty, so that the unit
         # numbering stays one-to-one with upstream; the stage is not asked about nothing.
@@ -147,7 +170,7 @@ class UnitWorker:
         if output.records and self._signs(task.stage):
             # MinHash signatures for the downstream barrier's dedup, made here in parallel
             # (synth.dedup); written before the commit, so a committed unit has its side file.
-            path = RunLayout(Path(self._job.run_dir)).signatures(task.stage, task.unit)
+            path = self._layout.signatures(task.stage, task.unit)
             await asyncio.to_thread(write_unit_signatures, path, output.records)
         try:
             rows = await asyncio.to_thread(
@@ -164,6 +187,7 @@ class UnitWorker:
             self._publish_cache(task)
             return self._committed(task, t0)
         self._publish_cache(task)
+        self._layout.unit_items(task.stage, task.unit).unlink(missing_ok=True)  # committed: not needed again
         records, failed = _counts(rows)
         return UnitResult(
             stage=task.stage,
@@ -186,6 +210,26 @@ class UnitWorker:
             self._llms = None
 
     # -- internals ------------------------------------------------------------
+    def _write_unit_items(self, stage: str, units: list[tuple[str, list[Any]]]) -> None:
+        """One file per unit not yet committed (a resumed run rewrites the same items)."""
+        committed = self._store.committed_units(stage)
+        for name, chunk in units:
+            if name not in committed:
+                # Pickle, as Ray would ship them: items are whatever prepare returns (models,
+                # dataclasses, tuples) and never leave this run's directory.
+                data = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
+                atomic_write_bytes(self._layout.unit_items(stage, name), data, sync_dir=False)
+
+    def _read_unit_items(self, stage: str, unit: str) -> list[Any]:
+        path = self._layout.unit_items(stage, unit)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path}: the items of {stage} unit {unit} are missing (its prepare did not write them)"
+            ) from None
+        return list(pickle.loads(data))  # noqa: S301 (written by this run's prepare, above)
+
     def _committed(self, task: UnitTask, t0: float) -> UnitResult:
         rows = self._store.unit_entry_rows(task.stage, task.unit)
         records, failed = _counts(rows)

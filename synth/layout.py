@@ -139,6 +139,11 @@ class RunLayout:
     def plan(self, stage: str) -> Path:
         return self.root / "plan" / f"{stage}.json"
 
+    def unit_items(self, stage: str, unit: str) -> Path:
+        """A barrier unit's work items, written by ``prepare`` on a worker and read by the
+        worker that runs the unit (so the driver never holds a stage's items)."""
+        return self.root / "plan" / stage / f"{unit}.items.pkl"
+
     @property
     def llm_cache(self) -> Path:
         return self.root / "cache" / "llm"

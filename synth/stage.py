@@ -19,6 +19,11 @@ Two kinds of stage:
 ``prepare`` must be deterministic given the committed upstream and the spec, because a
 resumed run recomputes it and must arrive at the same units.
 
+What a barrier stage's items are made from (``item_origin``) and the ``max_*`` setting that
+caps them (``input_cap_field``) are counted into its plan (``item_sources``), so that
+``agentcpt run --preview`` can scale each source of items to the full run on its own
+(``pipelines/preview.py``).
+
 A stage may read only the stages it declares (``upstream``): ``StageContext.read_stage``
 refuses any other, so the data flow drawn in ARCHITECTURE.md is the one that runs.
 """
@@ -36,7 +41,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from synth.llm.base import LLM
 from synth.records import Failure, Record
@@ -98,6 +103,50 @@ class Prepared(Generic[ItemT]):
     dropped: list[Failure] = field(default_factory=list)
 
 
+INPUT_FILES = "inputs"
+"""``ItemOrigin.source`` of items read from the spec's input files by a stage without upstream."""
+
+
+@dataclass(frozen=True)
+class ItemOrigin:
+    """Where one work item of a barrier stage comes from, as the preview's estimate sees it.
+
+    ``follows`` is the upstream stage whose records the item was made from: a preview sees
+    only a sample of them, so the item's count grows with that stage's in the full run.
+    ``None`` means the spec's input files (imported trajectories, a root stage's inputs),
+    which a preview lists in full. Items made from one input share its ``input_id`` (memory:
+    a document's chunks), so that a cap counting inputs counts them once; ``capped`` says
+    whether the item counts against the stage's ``input_cap_field``.
+    """
+
+    source: str
+    follows: str | None
+    input_id: str | None = None
+    capped: bool = True
+    calls_llm: bool = True  # False: processing the item makes no LLM call (memory's triples)
+
+
+class ItemSource(BaseModel):
+    """A barrier stage's work items from one source, as ``prepare`` returned them (in the plan)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="an upstream stage, or the input files the items were read from")
+    follows: str | None = Field(
+        description="the upstream stage whose records these items are made from; null: input files"
+    )
+    items: int = Field(
+        ge=0, description="work items prepare returned from this source (before a preview's cut)"
+    )
+    inputs: int = Field(ge=0, description="distinct inputs they were made from (a document for its chunks)")
+    cap: int | None = Field(
+        None, description="the stage's limit on these inputs (its max_* setting); null = none"
+    )
+    calls_llm: bool = Field(True, description="whether processing these items calls the LLM")
+    sampled: int | None = Field(
+        None, ge=0, description="items of this source a --preview ran (null: not a preview)"
+    )
+
+
 @dataclass(frozen=True)
 class Verdict:
     """How a stage's records say yes or no, as SQL over its view (for stats and the dashboard)."""
@@ -153,6 +202,10 @@ class Stage(ABC, Generic[ConfigT, ItemT]):
     verdict: ClassVar[Verdict | None] = None
     summary_fields: ClassVar[tuple[str, ...]] = ()
     shared_prompt_modules: ClassVar[tuple[str, ...]] = ()
+    # The config field (a ``max_*`` setting, null = no cap) that limits the inputs a barrier
+    # stage's ``prepare`` takes from its capped sources (``ItemOrigin.capped``). A preview's
+    # sample seldom reaches it, so the estimate must apply it to the full run itself.
+    input_cap_field: ClassVar[str | None] = None
 
     def config(self, spec: RunSpec) -> ConfigT:
         """This stage's config block of the spec (it is enabled when the runner calls this)."""
@@ -175,6 +228,49 @@ class Stage(ABC, Generic[ConfigT, ItemT]):
     def prepare(self, ctx: StageContext) -> Prepared[ItemT]:
         """Barrier stages: every work item. Map stages never have this called."""
         raise NotImplementedError(f"{self.name} is a map stage; its items are upstream records")
+
+    def item_origin(self, item: ItemT) -> ItemOrigin:
+        """Barrier stages: where ``item`` comes from (see ``ItemOrigin``). The default, one
+        item per record of the first upstream (input files without one), is right for a
+        stage with one source; a stage that mixes sources says which an item is."""
+        if self.upstream:
+            return ItemOrigin(self.upstream[0], follows=self.upstream[0])
+        return ItemOrigin(INPUT_FILES, follows=None)
+
+    def input_cap(self, spec: RunSpec) -> int | None:
+        """The value of ``input_cap_field`` in this run's config (None: no cap)."""
+        if self.input_cap_field is None:
+            return None
+        cap = getattr(self.config(spec), self.input_cap_field)
+        return cap if isinstance(cap, int) else None
+
+    def item_sources(self, items: Sequence[ItemT], spec: RunSpec) -> list[ItemSource]:
+        """``prepare``'s items counted per ``item_origin`` source (first-seen order), for the plan."""
+        cap = self.input_cap(spec)
+        origins: dict[str, ItemOrigin] = {}
+        n_items: dict[str, int] = {}
+        shared: dict[str, set[str]] = {}  # input ids of items that share their input
+        single: dict[str, int] = {}  # items without input_id: an input each
+        for item in items:
+            origin = self.item_origin(item)
+            key = origin.source
+            origins.setdefault(key, origin)
+            n_items[key] = n_items.get(key, 0) + 1
+            if origin.input_id is None:
+                single[key] = single.get(key, 0) + 1
+            else:
+                shared.setdefault(key, set()).add(origin.input_id)
+        return [
+            ItemSource(
+                source=key,
+                follows=origin.follows,
+                items=n_items[key],
+                inputs=single.get(key, 0) + len(shared.get(key, ())),
+                cap=cap if origin.capped else None,
+                calls_llm=origin.calls_llm,
+            )
+            for key, origin in origins.items()
+        ]
 
     @abstractmethod
     async def process(self, items: Sequence[ItemT], ctx: StageContext) -> StageOutput:

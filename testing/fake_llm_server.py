@@ -21,9 +21,10 @@ returns the reply text (a ``str``) or a JSON-able object (sent as its JSON text)
 ``schema_responder``, returns a valid instance of the request's ``response_format``
 JSON schema, deterministic for the same messages, or a short deterministic text; asked for a
 length ("Each thought is between 40 and 120 words long.") it follows it, drawing its words on
-the prompt (``ContextHints``). ``agent_responder`` adds a research agent for ReAct turns
-(search, visit, answer when told to) and ``research_responder`` puts it together with
-``testing.pipeline_responder``'s grounded memory and questions: a whole long-horizon run.
+the prompt and the key terms it lists (``ContextHints``). ``agent_responder`` adds a research
+agent for ReAct turns (search, visit, answer when told to) and ``research_responder`` puts it
+together with ``testing.pipeline_responder``'s grounded memory and questions: a whole
+long-horizon run.
 
 Faults are chosen per request, first match wins:
 
@@ -188,48 +189,96 @@ _WORD_RANGE_RE = re.compile(r"(thought|answer) is between (\d+) and (\d+) words"
 _CONTEXT_URL_RE = re.compile(r"https?://[^\s)\]>\"'<]+")
 _CONTEXT_WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9'-]{2,}")
 _MARKUP_RE = re.compile(r"<[^>]{1,40}>|\"\w+\"\s*:")
+# "Key terms of the tool responses so far: ricin, Dorpat, 1888" — terms the request asks to ground in.
+_TERMS_RE = re.compile(r"^\s*key terms\b[^:\n]*:\s*(.*)$", re.I | re.S)
 
 
-# A research agent's register, measured on the WebDancer sample thoughts: about a quarter of
-# their words are function words; of the rest about 27% come from the question, 49% from the
-# steps so far (none on the first step), and the remainder are new to the context.
+# A research agent's register, measured on the WebDancer sample thoughts. The chosen-option probe
+# (synth.quality.has) sees which *distinct* words an option holds, so the register is set in them
+# (one right only in running words let the probe find the original, issue 15):
+# * about 37% of the words are function words;
+# * t content words hold about 3.9 * t**0.63 distinct ones (Heaps' law; each thought's rate varies
+#   by about 10%); the rest are repeats, as an agent's topic words recur;
+# * a fresh word comes from the question, the key terms of the tool responses that the prompt
+#   lists, the steps it shows, or is new to the context (everyday agent words, or names and terms
+#   a model brings in itself). With the shares below (each thought leans on each source to its own
+#   degree, about 30%) the distinct words come out as the sample's: about 12% the question's and,
+#   once there are responses, 13% their key terms and 20% their other words.
 _FUNCTION_WORDS = "the and that for but with from this was are which about then not there its".split()
+_STOP = frozenset(
+    _FUNCTION_WORDS
+    + "what who whom whose when where how why were has have had all any can into will would should could "
+    "their than they them been".split()
+)
 _NEW_WORDS = (
     "search results first maybe need like should might check confirm sources mention visit start page "
     "information key query specific point looking sure find verify details relevant official"
 ).split() + _WORDS
-_FUNCTION_SHARE, _QUESTION_SHARE, _CONTEXT_SHARE = 0.26, 0.31, 0.52
+_FUNCTION_SHARE = 0.37
+_HEAPS_K, _HEAPS_BETA, _HEAPS_SPREAD = 3.9, 0.63, 0.1
+_QUESTION_SHARE, _TERMS_SHARE, _CONTEXT_SHARE, _SHARE_SPREAD = 0.2, 0.2, 0.25, 0.3
+
+
+def _heaps(tokens: int, k: float) -> float:
+    """Distinct words expected among ``tokens`` content words."""
+    return min(float(tokens), k * tokens**_HEAPS_BETA)
+
+
+def _spread(rng: random.Random, value: float, sigma: float) -> float:
+    """``value`` times a log-normal factor of mean 1."""
+    return value * math.exp(rng.gauss(0.0, sigma) - sigma**2 / 2)
 
 
 class ContextHints(BaseModel):
     """What an instruction-following model would draw on: the requested thought length, and the
-    words and urls of the message it answers (the instruction itself left out)."""
+    words, urls and listed key terms of the message it answers (the instruction itself left out)."""
 
     model_config = ConfigDict(extra="forbid")
     field_words: dict[str, tuple[int, int]] = Field(description="field name -> (low, high) words asked of it")
     question_words: list[str] = Field(description="words of the message's first paragraph (its question)")
     words: list[str] = Field(description="words of the rest of the message")
     urls: list[str]
+    terms: list[str] = Field(
+        default_factory=list, description='key terms the message lists to ground in ("Key terms of …: a, b")'
+    )
 
     def text(self, rng: random.Random, field: str) -> str:
         """Text of the length asked of ``field`` in the register of ``_FUNCTION_SHARE`` and friends."""
+        k = _spread(rng, _HEAPS_K, _HEAPS_SPREAD)
+        shares = [_spread(rng, s, _SHARE_SPREAD) for s in (_QUESTION_SHARE, _TERMS_SHARE, _CONTEXT_SHARE)]
         out: list[str] = []
+        written: list[str] = []  # content words, repeats included
+        seen: set[str] = set()
         for _ in range(rng.randint(*self.field_words[field])):
-            r = rng.random()
-            content = (r - _FUNCTION_SHARE) / (1 - _FUNCTION_SHARE)
-            if r < _FUNCTION_SHARE:
-                pool = _FUNCTION_WORDS
-            elif content < _QUESTION_SHARE and self.question_words:
-                pool = self.question_words
-            elif content < _QUESTION_SHARE + _CONTEXT_SHARE and self.words:
-                pool = self.words
-            else:
-                # New to the context: everyday agent words, or (as often) a word of its own, as a
-                # model brings in names and terms it knows.
-                out.append(rng.choice(_NEW_WORDS) if rng.random() < 0.5 else _pseudo_word(rng))
+            if rng.random() < _FUNCTION_SHARE:
+                out.append(rng.choice(_FUNCTION_WORDS))
                 continue
-            out.append(rng.choice(pool))
+            t = len(written)
+            # A fresh word as often as Heaps' law adds one, else a repeat in proportion to use.
+            if rng.random() < _heaps(t + 1, k) - _heaps(t, k):
+                word = self._fresh(rng, seen, shares)
+            else:
+                word = rng.choice(written)
+            written.append(word)
+            seen.add(word.casefold())
+            out.append(word)
         return " ".join(out)
+
+    def _fresh(self, rng: random.Random, seen: set[str], shares: list[float]) -> str:
+        """A content word not written yet: from the question, the listed terms or the rest of the
+        message by ``shares`` (an empty or used-up pool gives its turn away), else one of its own."""
+        r = rng.random()
+        for share, pool in zip(shares, (self.question_words, self.terms, self.words), strict=True):
+            if r < share and pool:
+                for _ in range(8):
+                    word = rng.choice(pool)
+                    if word.casefold() not in seen and word.casefold() not in _STOP:
+                        return word
+                break
+            r -= share
+        if rng.random() < 0.5 and (word := rng.choice(_NEW_WORDS)) not in seen:
+            return word
+        return _pseudo_word(rng)
 
 
 def _pseudo_word(rng: random.Random) -> str:
@@ -247,6 +296,9 @@ def instruction_hints(messages: Any) -> ContextHints | None:
         return None
     field_words = {name: (int(low), max(int(low), int(high))) for name, low, high in found}
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip() and not _WORD_RANGE_RE.search(p)]
+    listed = [m.group(1) for p in paragraphs if (m := _TERMS_RE.match(p))]
+    paragraphs = [p for p in paragraphs if not _TERMS_RE.match(p)]
+    terms = [t.strip() for t in ",".join(listed).split(",") if t.strip() and t.strip() != "(none yet)"]
     urls = list(dict.fromkeys(u.rstrip(".,;:") for u in _CONTEXT_URL_RE.findall(text)))
 
     def words(parts: list[str]) -> list[str]:
@@ -258,6 +310,7 @@ def instruction_hints(messages: Any) -> ContextHints | None:
         question_words=words(paragraphs[:1]),
         words=[w for w in rest if w not in {"Steps", "far", "none", "yet"}],
         urls=urls,
+        terms=terms,
     )
 
 

@@ -20,6 +20,10 @@ chosen-option probe):
 * **Same form.** An answer step gets answer alternatives, a tool step tool-call
   alternatives, in the tools this trajectory uses (``tools`` ∩ its own vocabulary); the
   reply schema sent as ``response_format`` allows exactly those shapes.
+* **Same grounding.** The agent read each tool response whole; the prompt shows it cut
+  (``prompt_observation_chars``), so it also lists the key terms of the earlier responses
+  (``prompt_terms``, steps < k only) and asks for steps grounded in them and in the question,
+  as the original is.
 * **Same length.** Each alternative's thought must be within ``length_band`` (0.5–1.5×) of
   the original's words. The prompt asks for that band (shrunk to what the completion cap
   fits), a longer thought is trimmed to the band at a sentence boundary, and when the
@@ -93,6 +97,11 @@ class DecisionsConfig(BaseModel):
     )
     prompt_observation_chars: PositiveInt = Field(
         1500, description="a tool response in the prompt is cut to this"
+    )
+    prompt_terms: int = Field(
+        40,
+        ge=0,
+        description="key terms of the earlier tool responses (read whole, not cut) listed in the prompt",
     )
     max_tokens: PositiveInt | None = Field(None, description="completion cap per call; null = llm.max_tokens")
     length_band: tuple[float, float] = Field(
@@ -268,6 +277,7 @@ class Condensed(BaseModel):
 # ---------------------------------------------------------------------------
 
 SYSTEM_PROMPT = """You help train a research agent. You are shown a question and the steps the agent took so far (its thoughts, tool calls and tool responses). Write {n} different, plausible next steps the agent could take now, each as the agent itself would write it: in the first person, in the tone of its earlier thoughts, reasoning only from the question and the steps so far.
+Ground each step in them as the agent's own next step would be: in the question and in what the tool responses so far show (names, figures, pages). Their key terms are listed too, also from the parts of long responses cut here.
 {form}
 Tools:
 {tools}
@@ -285,7 +295,9 @@ USER_PROMPT = """Question: {question}
 Steps so far:
 {steps}
 
-Propose {n} different next steps as JSON. {length}"""
+Key terms of the tool responses so far: {terms}
+
+Propose {n} different next steps as JSON, grounded in the question and the tool responses so far. {length}"""
 LENGTH_RULE = "Each thought is between {low} and {high} words long."
 NO_THOUGHT_RULE = 'Each thought is empty ("").'
 ANSWER_LENGTH_RULE = "Each answer is between {low} and {high} words long."
@@ -299,10 +311,12 @@ Rewrite it so that the thought is between {low} and {high} words long."""
 
 # Worked examples as chat turns (small models copy an exchange better than they follow rules).
 EXAMPLE_QUESTION = "How tall is the Orlan Tower?"
+EXAMPLE_OBSERVATION = "1. [Orlan Tower](https://example.com/orlan-tower)\nThe Orlan Tower is 312 metres tall."
 EXAMPLE_STEPS = (
     '<think>\nI need the height, so I will search for the tower first.\n</think>\n<tool_call>\n{"name": "search", '
-    '"arguments": {"query": ["Orlan Tower height"]}}\n</tool_call>\n<tool_response>\n1. [Orlan Tower]'
-    "(https://example.com/orlan-tower)\nThe Orlan Tower is 312 metres tall.\n</tool_response>"
+    '"arguments": {"query": ["Orlan Tower height"]}}\n</tool_call>\n<tool_response>\n'
+    + EXAMPLE_OBSERVATION
+    + "\n</tool_response>"
 )
 EXAMPLE_TOOL_CANDIDATES: tuple[str, ...] = (
     '{"thought": "The result names a page about the tower; reading it should confirm the height.", "tool": "visit", '
@@ -332,6 +346,39 @@ def length_rule(low: int, high: int, answer_words: tuple[int, int] | None = None
     return rule
 
 
+_TERM_RE = re.compile(r"[^\W_][\w'-]*[^\W_]")
+# Frequent in any prose, so they would crowd the list without saying what a response found.
+_TERM_STOPWORDS = frozenset(
+    "but not have has had all any can could would should will one also now more most than then there their "
+    "they them been into out about over after before only other some such very".split()
+)
+
+
+def observation_terms(question: str, observations: Sequence[str], limit: int) -> list[str]:
+    """The key terms of ``observations`` read whole (not cut to the prompt's view): their most frequent
+    words, as first spelled and first seen first among equals, less stopwords, urls and the
+    question's words (the prompt shows the question already).
+
+    The agent read each response whole and its next step names what it found, often past the cut
+    (on the WebDancer sample 97 % of the responses are longer than the 1,500 characters shown). An
+    alternative written from the cut view alone leans less on the responses and more on the question
+    than the original: a tell. Frequency stands in for salience: the 40 most frequent terms hold
+    about 44 % of the response words the agents' own next thoughts use on that sample.
+    """
+    asked = {w.casefold() for w in _TERM_RE.findall(question)}
+    counts: dict[str, int] = {}
+    spelled: dict[str, str] = {}
+    for text in observations:
+        for word in _TERM_RE.findall(_URL_RE.sub(" ", text)):
+            key = word.casefold()
+            if len(key) < 3 or key in _STOPWORDS or key in _TERM_STOPWORDS or key in asked:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            spelled.setdefault(key, word)
+    # sorted() is stable and dicts keep insertion order: equal counts stay in order of first sight.
+    return [spelled[key] for key in sorted(counts, key=lambda key: -counts[key])[:limit]]
+
+
 def build_messages(
     question: str,
     steps: Sequence[TrajectoryStep],
@@ -343,9 +390,9 @@ def build_messages(
     words: tuple[int, int] = (5, 40),
     answer_words: tuple[int, int] | None = None,
 ) -> list[Message]:
-    """The prompt for step ``k`` (0-based): the question and steps ``0..k-1`` (newest kept when over
-    budget), asking for ``cfg.alternatives`` candidates of the step's form with thoughts of ``words``
-    (and, at an answer step, answers of ``answer_words``)."""
+    """The prompt for step ``k`` (0-based): the question, steps ``0..k-1`` (newest kept when over
+    budget) and the key terms of their tool responses, asking for ``cfg.alternatives`` candidates of
+    the step's form with thoughts of ``words`` (and, at an answer step, answers of ``answer_words``)."""
     tools = list(tools if tools is not None else cfg.tools)
     history: list[str] = []
     for step in steps[:k]:
@@ -353,7 +400,10 @@ def build_messages(
         if step.observation is not None:
             block += "\n" + tags.tool_response(_clip(step.observation, cfg.prompt_observation_chars))
         history.append(block)
-    budget = cfg.max_prompt_tokens - estimate_tokens(question) - 400
+    # Steps before k only: a term of step k's own response would tell what the agent has not seen yet.
+    observations = [s.observation for s in steps[:k] if s.observation]
+    terms = ", ".join(observation_terms(question, observations, cfg.prompt_terms)) or "(none yet)"
+    budget = cfg.max_prompt_tokens - estimate_tokens(question) - estimate_tokens(terms) - 400
     kept: list[str] = []
     for block in reversed(history):
         if kept and sum(map(estimate_tokens, kept)) + estimate_tokens(block) > budget:
@@ -368,7 +418,9 @@ def build_messages(
         tools="\n".join(f"- {name}: {TOOL_DESCRIPTIONS[name]}" for name in tools),
         shape=(ANSWER_SHAPE if answers else TOOL_SHAPE).format(),
     )
-    user = USER_PROMPT.format(question=question, steps=so_far, n=n, length=length_rule(*words, answer_words))
+    user = USER_PROMPT.format(
+        question=question, steps=so_far, terms=terms, n=n, length=length_rule(*words, answer_words)
+    )
     return [
         {"role": "system", "content": system},
         *_example_turns(n, answers),
@@ -378,7 +430,10 @@ def build_messages(
 
 def _example_turns(n: int, answers: bool) -> list[Message]:
     examples = EXAMPLE_ANSWER_CANDIDATES if answers else EXAMPLE_TOOL_CANDIDATES
-    user = USER_PROMPT.format(question=EXAMPLE_QUESTION, steps=EXAMPLE_STEPS, n=n, length=length_rule(8, 25))
+    terms = ", ".join(observation_terms(EXAMPLE_QUESTION, [EXAMPLE_OBSERVATION], 40))
+    user = USER_PROMPT.format(
+        question=EXAMPLE_QUESTION, steps=EXAMPLE_STEPS, terms=terms, n=n, length=length_rule(8, 25)
+    )
     reply = '{"candidates": [' + ", ".join(examples[i % len(examples)] for i in range(n)) + "]}"
     return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
 

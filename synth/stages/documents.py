@@ -35,7 +35,7 @@ from synth.ingest.tool_responses import ToolResponsesConfig, from_runs, from_tra
 from synth.ingest.triples import triple_documents
 from synth.inputs import resolve_globs
 from synth.records import DocumentRecord, Failure
-from synth.stage import Prepared, Stage, StageContext, StageOutput
+from synth.stage import INPUT_FILES, ItemOrigin, Prepared, Stage, StageContext, StageOutput
 
 
 class DocumentsConfig(BaseModel):
@@ -254,6 +254,13 @@ class DocumentsStage(Stage[DocumentsConfig, DocumentItem]):
     upstream = ()
     barrier = True
     uses_llm = False  # a documents-only run starts and preflights no endpoint
+
+    def item_origin(self, item: DocumentItem) -> ItemOrigin:
+        # Web pages, triple groups and tool responses are sources of their own: --preview
+        # samples each (the first pages alone would show nothing of the triples), and the
+        # estimate counts each in full (inputs are listed whole in a preview too).
+        kind = item.source_type if isinstance(item, InlineDocument) else "web"
+        return ItemOrigin(f"{INPUT_FILES} ({kind})", follows=None)
 
     def prepare(self, ctx: StageContext) -> Prepared[DocumentItem]:
         """Items in a fixed order: web pages (glob order), triple groups, tool responses;

@@ -52,7 +52,7 @@ from synth.ingest.triples import parse_triple_line, verbalize
 from synth.llm.base import LLMError, LLMTruncated, Message
 from synth.llm.config import completion_cap
 from synth.records import DocumentRecord, Failure, MemoryRecord
-from synth.stage import Prepared, Stage, StageContext, StageOutput
+from synth.stage import ItemOrigin, Prepared, Stage, StageContext, StageOutput
 from synth.statement_checks import has_predicate, is_generic_name
 from synth.support import SupportVerdict, SupportVerdicts, support_messages
 
@@ -388,6 +388,14 @@ class MemoryStage(Stage[MemoryConfig, MemoryChunk]):
     name = "memory"
     upstream = ("documents",)
     barrier = True
+    input_cap_field = "max_documents"
+
+    def item_origin(self, item: MemoryChunk) -> ItemOrigin:
+        # For --preview's estimate: chunks count by document, and knowledge_graph documents
+        # (no model call) are not held to max_documents.
+        kg = item.source_type == "knowledge_graph"
+        source = "documents (knowledge_graph)" if kg else "documents"
+        return ItemOrigin(source, follows="documents", input_id=item.doc_id, capped=not kg, calls_llm=not kg)
 
     def prepare(self, ctx: StageContext) -> Prepared[MemoryChunk]:
         """Drop exact and near-duplicate documents (keeping the earliest published), then chunk."""

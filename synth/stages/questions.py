@@ -39,6 +39,7 @@ from synth.answers import match_answers, ungrounded_numbers
 from synth.calculation import Calculation, evaluate, matches_answer, unfounded_literals
 from synth.dedup import normalize_text
 from synth.entities import Rejection, entity_key
+from synth.grounded_schema import answer_spans, narrowed_schema
 from synth.ids import content_hash, record_id
 from synth.judges import AnswerVerdict, build_judge_messages
 from synth.llm.base import LLMError, Message
@@ -89,6 +90,13 @@ class QuestionsConfig(BaseModel):
     )
     difficulty_styles: list[QuestionStyle] = Field(
         default_factory=lambda: list(DIFFICULTY_STYLES), description="styles the difficulty filter applies to"
+    )
+    grounded_schema: bool = Field(
+        False,
+        description="narrow each reply's JSON schema to its cluster: citations to its handles S1..Sn, a "
+        "stated answer (factual, multi_hop, choice) to a span of its facts, the question to one sentence "
+        "(synth.grounded_schema). For small models under constrained decoding (the embedded endpoint); "
+        "servers without it ignore the narrowing",
     )
     closed_book_max_tokens: PositiveInt | None = Field(
         64, description="completion cap of the closed-book call, at most llm.max_tokens; null = llm.max_tokens"
@@ -429,6 +437,23 @@ def resolve_handles(handles: Sequence[str], statements: Sequence[ClusterStatemen
     return ids
 
 
+def grounded_draft_schema(cluster: QuestionCluster, style: QuestionStyle) -> type[QuestionDraft]:
+    """``QuestionDraft`` narrowed to this cluster's facts (``questions.grounded_schema``)."""
+    answers = None
+    if style in _STATED_ANSWER_STYLES:
+        facts = [f"{s.statement} {s.time or ''}" for s in cluster.statements]
+        answers = answer_spans(facts, exclude=cluster.entities) or None
+    return cast(
+        type[QuestionDraft],
+        narrowed_schema(
+            QuestionDraft,
+            handles=[f"S{i}" for i in range(1, len(cluster.statements) + 1)],
+            answers=answers,
+            drop=() if style == "numerical" else ("calculation",),
+        ),
+    )
+
+
 # ---------------------------------------------------------------------------
 # Validation (the fair validators: every rejection names its reason)
 # ---------------------------------------------------------------------------
@@ -600,6 +625,7 @@ class QuestionsStage(Stage[QuestionsConfig, QuestionCluster]):
     name = "questions"
     upstream = ("memory",)
     barrier = True
+    input_cap_field = "max_clusters"  # --preview's estimate: a cluster is an item, from memory
 
     def prepare(self, ctx: StageContext) -> Prepared[QuestionCluster]:
         """Clusters in a seeded, deterministic order, each with its statements and styles."""
@@ -704,7 +730,7 @@ class QuestionsStage(Stage[QuestionsConfig, QuestionCluster]):
         try:
             draft = await ctx.llm.complete(
                 question_messages(cluster, style),
-                schema=QuestionDraft,
+                schema=grounded_draft_schema(cluster, style) if cfg.grounded_schema else QuestionDraft,
                 stage="questions",
                 max_tokens=cfg.max_tokens,
             )

@@ -50,7 +50,7 @@ from synth.llm.base import LLM, LLMError, Message
 from synth.records import Failure, JudgedBy, Outcome, RolloutRecord, ToolAction, TrajectoryStep
 from synth.render import tags
 from synth.render.traces import estimate_tokens, render_rollout
-from synth.stage import Prepared, Stage, StageContext, StageOutput, Verdict
+from synth.stage import ItemOrigin, Prepared, Stage, StageContext, StageOutput, Verdict
 from synth.toolset import TOOL_DESCRIPTIONS, normalize_arguments, validate_tool_call
 from synth.trajectories import TrajectoryFormatError, TrajectoryRef, load_trajectory, scan_trajectory_files
 
@@ -759,6 +759,14 @@ class RolloutsStage(Stage[RolloutsConfig, QuestionItem | TrajectoryRef]):
     name = "rollouts"
     upstream = ("questions", "documents")
     barrier = True
+    input_cap_field = "max_questions"
+
+    def item_origin(self, item: QuestionItem | TrajectoryRef) -> ItemOrigin:
+        # For --preview's estimate: imported trajectories are as many in a preview as in the
+        # full run; only questions grow with the full run (up to max_questions).
+        if isinstance(item, TrajectoryRef):
+            return ItemOrigin("inputs.trajectories", follows=None, capped=False)
+        return ItemOrigin("questions", follows="questions")
 
     def prepare(self, ctx: StageContext) -> Prepared[QuestionItem | TrajectoryRef]:
         """Questions (sorted by id, capped by ``max_questions``), then every line of the trajectory files."""

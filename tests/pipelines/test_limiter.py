@@ -431,9 +431,14 @@ def test_heartbeats_are_skipped_while_the_client_talks_to_the_limiter_anyway() -
     assert "busy" not in pings and pings.count("idle") >= 3
 
 
-def _busy_worker(limiter: ClusterLimiter, reuse: int, outcome: PermitResult) -> tuple[int, int, Any]:
+def _busy_worker(
+    limiter: ClusterLimiter, reuse_s: float, outcome: PermitResult, requests: int = 200, gap_s: float = 0.0
+) -> tuple[int, int, Any]:
+    """``requests`` requests of 2 ms each, all waiting at once (``gap_s`` = 0) or one after
+    another with ``gap_s`` between a release and the next acquire (a stage's next call)."""
+
     async def scenario() -> tuple[int, int, Any]:
-        source = in_process(limiter, "w", batch_size=4, reuse=reuse)
+        source = in_process(limiter, "w", batch_size=4, reuse_s=reuse_s)
         in_use = peak = 0
 
         async def one() -> None:
@@ -445,7 +450,12 @@ def _busy_worker(limiter: ClusterLimiter, reuse: int, outcome: PermitResult) -> 
             in_use -= 1
             source.release(permit, outcome)
 
-        await asyncio.gather(*(one() for _ in range(200)))
+        if gap_s:
+            for _ in range(requests):
+                await one()
+                await asyncio.sleep(gap_s)
+        else:
+            await asyncio.gather(*(one() for _ in range(requests)))
         trips = source.round_trips
         await source.aclose()
         return trips, peak, limiter.stats()
@@ -453,14 +463,31 @@ def _busy_worker(limiter: ClusterLimiter, reuse: int, outcome: PermitResult) -> 
     return asyncio.run(scenario())
 
 
-def test_a_succeeded_permit_passes_to_the_next_waiter_without_a_round_trip_up_to_reuse_times() -> None:
-    plain_trips, _, _ = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 0, PermitResult.ok())
-    trips, peak, stats = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 3, PermitResult.ok())
+def test_a_succeeded_permit_serves_this_workers_next_requests_without_a_round_trip_while_young() -> None:
+    plain_trips, _, _ = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 0.0, PermitResult.ok())
+    trips, peak, stats = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 60.0, PermitResult.ok())
     assert peak <= 4 and stats.peak_in_flight <= 4
-    assert trips * 2 < plain_trips  # reuse=3: about a quarter of the calls
-    assert stats.permits_granted >= 200 / 4 and stats.in_flight == 0
+    assert plain_trips >= 200 / 4 and trips <= 3  # a few leases of the first permits, then none
+    assert stats.permits_granted <= 8 and stats.in_flight == 0
+
+
+def test_a_reused_permit_goes_back_once_older_than_reuse_s() -> None:
+    # 200 requests over ~0.8 s with permits young for 0.1 s: each permit comes back several times.
+    _, _, stats = _busy_worker(
+        ClusterLimiter(EndpointLimits(max_concurrency=4)), 0.1, PermitResult.ok(), requests=200, gap_s=0.002
+    )
+    assert 4 <= stats.permits_granted < 200 and stats.in_flight == 0
+
+
+def test_a_released_permit_waits_as_a_spare_for_the_next_acquire() -> None:
+    # One request at a time, 5 ms apart: with nobody waiting at the release the permit stays
+    # here (linger) and the next acquire takes it without a round trip.
+    trips, _, stats = _busy_worker(
+        ClusterLimiter(EndpointLimits(max_concurrency=4)), 60.0, PermitResult.ok(), requests=50, gap_s=0.005
+    )
+    assert trips <= 2 and stats.permits_granted == 1 and stats.in_flight == 0
 
 
 def test_a_throttled_permit_is_never_reused() -> None:
-    _, _, stats = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 3, PermitResult.throttled())
+    _, _, stats = _busy_worker(ClusterLimiter(EndpointLimits(max_concurrency=4)), 60.0, PermitResult.throttled())
     assert stats.permits_granted >= 200 and stats.throttled == 200 and stats.in_flight == 0

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipelines.units import DROPPED_UNIT, UnitTask
 from pipelines.worker import StageReader, UnitWorker, WorkerJob
+from synth.layout import RunLayout
 from synth.records import QuestionRecord
 from synth.shards import ShardStore
 from synth.spec import RunSpec, parse_spec
@@ -84,9 +85,10 @@ def test_a_retry_whose_dead_attempt_committed_reports_that_commit_and_writes_not
 
 def test_prepare_commits_dropped_inputs_once_however_often_it_runs(tmp_path: Path) -> None:
     w = worker(tmp_path, {"questions": CountingQuestions(10, drop_every=3)})
-    first = asyncio.run(w.prepare("questions"))
-    second = asyncio.run(w.prepare("questions"))
-    assert first.items == second.items == [0, 1, 3, 4, 6, 7, 9]
+    first = asyncio.run(w.prepare("questions", unit_size=4))
+    second = asyncio.run(w.prepare("questions", unit_size=4))
+    assert first.units == second.units == ["00000", "00001"]
+    assert first.items == second.items == 7
     assert first.dropped == second.dropped == 3
     failed = ShardStore(tmp_path).read_table("questions", kind="failed")
     assert failed.num_rows == 3
@@ -127,3 +129,20 @@ def test_stage_reader_rereads_a_stage_only_after_more_of_it_commits(tmp_path: Pa
     assert read("questions") is first  # cached
     store.write_unit("questions", "00001", qs[2:], run_id="run-1")
     assert [r.id for r in read("questions")] == ["q0", "q1", "q2", "q3"]
+
+
+def test_a_barrier_stages_items_travel_through_the_run_directory_not_the_driver(tmp_path: Path) -> None:
+    # The driver gets unit names and counts only; each unit's worker reads its items from
+    # the file prepare wrote, which goes once the unit commits (issue 19: the driver's
+    # memory must not grow with a stage's items).
+    w = worker(tmp_path, {"questions": CountingQuestions(10, drop_every=3)})
+    prepared = asyncio.run(w.prepare("questions", unit_size=4, limit=6))
+    assert (prepared.units, prepared.items, prepared.items_available) == (["00000", "00001"], 6, 7)
+    layout = RunLayout(tmp_path)
+    assert all(layout.unit_items("questions", u).exists() for u in prepared.units)
+    result = asyncio.run(w.run_unit(UnitTask("questions", "00001"), None))
+    assert result.records == 2  # items 6 and 7 of the first 6 kept items [0, 1, 3, 4 | 6, 7]
+    questions_written = [r.question for r in ShardStore(tmp_path).read_unit_records("questions", "00001")]
+    assert sorted(questions_written) == ["What is 6 squared?", "What is 7 squared?"]
+    assert not layout.unit_items("questions", "00001").exists()
+    assert layout.unit_items("questions", "00000").exists()

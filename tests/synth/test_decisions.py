@@ -28,7 +28,14 @@ from synth.render.traces import count_words, render_step
 from synth.spec import parse_spec
 from synth.stage import StageContext
 from synth.stages.decisions import STAGE as DECISIONS
-from synth.stages.decisions import Candidates, reply_model, trim_words
+from synth.stages.decisions import (
+    Candidates,
+    DecisionsConfig,
+    build_messages,
+    observation_terms,
+    reply_model,
+    trim_words,
+)
 from synth.stages.rollouts import STAGE as ROLLOUTS
 from testing.fake_llm_server import schema_responder
 from testing.scripted_llm import ScriptedLLM
@@ -298,6 +305,38 @@ def test_prompt_for_step_k_shows_only_what_came_before_it(tmp_path: Path) -> Non
     assert "OBS-ONE" in prompts[1] and "OBS-TWO" not in prompts[1]
     assert "OBS-ONE" in prompts[2] and "OBS-TWO" in prompts[2]
     assert all("opened in 1987." not in p for p in prompts)
+
+
+def test_the_prompt_lists_key_terms_of_the_earlier_responses_read_whole_and_none_of_later_ones() -> None:
+    long_response = (
+        "Results for the bridge. " + "filler text " * 200 + "Halvorsen built it; Halvorsen signed it."
+    )
+    steps = [
+        TrajectoryStep(
+            thought="I should search.", action=search("Kestrel Bay Bridge"), observation=long_response
+        ),
+        TrajectoryStep(
+            thought="I will search again.", action=search("Halvorsen bridge"), observation="Zellweger 1987"
+        ),
+        TrajectoryStep(thought="It opened in 1987."),
+    ]
+    cfg = DecisionsConfig(prompt_observation_chars=300)
+    question = "When did the Kestrel Bay Bridge open?"
+
+    def terms(k: int) -> list[str]:
+        prompt = build_messages(question, steps, k, cfg)[-1]["content"]
+        line = next(
+            p for p in prompt.split("\n\n") if p.startswith("Key terms of the tool responses so far: ")
+        )
+        return line.split(": ", 1)[1].split(", ")
+
+    assert terms(0) == ["(none yet)"]
+    # Past the 300 characters shown, the most frequent first; the question's words are not repeated.
+    assert terms(1)[:2] == ["filler", "text"] and "Halvorsen" in terms(1)
+    assert not {"Bridge", "bridge", "Kestrel"} & set(terms(1))
+    # Step 1's own response (what its options must not know) appears from step 2 on only.
+    assert "Zellweger" not in terms(1) and "Zellweger" in terms(2)
+    assert observation_terms(question, [long_response], 2) == ["filler", "text"]
 
 
 def test_the_reply_schema_allows_only_the_steps_form_and_the_trajectorys_tools() -> None:

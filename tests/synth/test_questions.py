@@ -536,3 +536,31 @@ def test_numerical_answers_are_recomputed_in_the_sandbox(
         assert record.calculation == calculation and record.style == "numerical"
     else:
         assert [f.error_kind for f in failures] == [outcome]
+
+
+def test_with_grounded_schema_each_request_narrows_citations_and_stated_answers_to_its_cluster(
+    tmp_path: Path,
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def responder(messages: list[dict[str, Any]], schema: Any) -> Any:
+        seen.append({"style": _style_of(messages), "facts": _facts_of(messages), "schema": schema.model_json_schema()})
+        return good_responder(messages, schema)
+
+    ctx = _ctx(tmp_path, responder, styles=["factual", "numerical"], grounded_schema=True, difficulty_filter=False)
+    _, records, _ = _run(ctx)
+    assert records and seen
+    for call in seen:
+        props = call["schema"]["properties"]
+        handles = [f"S{i}" for i in range(1, len(call["facts"]) + 1)]
+        assert props["statements"]["items"]["enum"] == handles
+        if call["style"] == "factual":
+            spans = props["answer"]["enum"]
+            assert spans and all(any(span in fact for fact in call["facts"]) or span == "2024" for span in spans)
+            assert "calculation" not in props
+        else:  # a computed answer is not a span; its calculation stays
+            assert "enum" not in props["answer"] and "calculation" in props
+    # Off (the default), the schema is the plain draft's.
+    seen.clear()
+    _run(_ctx(tmp_path / "plain", responder, styles=["factual"], difficulty_filter=False))
+    assert seen and all("enum" not in call["schema"]["properties"]["answer"] for call in seen)

@@ -17,6 +17,7 @@ from testing.fake_llm_server import (
     FakeOpenAIServer,
     FakeServerConfig,
     FaultPlan,
+    instruction_hints,
     schema_responder,
 )
 
@@ -81,6 +82,26 @@ def test_schema_responder_is_deterministic_per_messages_and_varies_across_them()
 def test_schema_responder_without_a_schema_returns_short_text() -> None:
     reply = schema_responder({"messages": [{"role": "user", "content": "hi"}]})
     assert isinstance(reply, str) and 0 < len(reply) < 200
+
+
+class Thought(BaseModel):
+    thought: str
+
+
+def test_asked_for_a_length_the_responder_grounds_its_text_in_the_key_terms_the_prompt_lists() -> None:
+    prompt = (
+        "Question: Which university hosted the Stillmark ricin study?\n\nSteps so far:\n(a step)\n\n"
+        "Key terms of the tool responses so far: Dorpat, Tartu, lectin, 1888\n\n"
+        "Propose a thought. Each thought is between 200 and 300 words long."
+    )
+    hints = instruction_hints([{"role": "user", "content": prompt}])
+    assert hints is not None and hints.terms == ["Dorpat", "Tartu", "lectin", "1888"]
+    assert "Dorpat" not in hints.words and "Key" not in hints.words  # the list is not read as prose
+    thought = schema_responder(body_for(Thought, prompt))["thought"]
+    words = thought.split()
+    assert 200 <= len(words) <= 300 and {"Dorpat", "Tartu", "lectin"} & set(words)
+    # Like an agent's, its words repeat: far fewer distinct words than words (Heaps' law).
+    assert len(set(words)) < 0.7 * len(words)
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:

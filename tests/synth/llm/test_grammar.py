@@ -10,7 +10,6 @@ import torch
 from pydantic import BaseModel, Field
 
 from synth.llm.client import response_format
-from synth.llm.embedded import ensure_model_dir
 from synth.llm.grammar import (
     JsonConstraints,
     TrackedMatcher,
@@ -21,8 +20,7 @@ from synth.llm.grammar import (
     fill_mask,
     grammar_for,
 )
-
-EOS = 2  # SmolLM2's <|im_end|>
+from testing.masked_decoding import EOS, decode_under_mask
 
 
 class Verdict(BaseModel):
@@ -35,36 +33,6 @@ class Nested(BaseModel):
     verdicts: list[Verdict] = Field(min_length=1, max_length=2)
     done: bool
 
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(ensure_model_dir())
-
-
-@pytest.fixture(scope="module")
-def constraints(tokenizer: Any) -> JsonConstraints:
-    return JsonConstraints(tokenizer, vocab_size=49152, eos_token_ids=[EOS])
-
-
-def decode_under_mask(
-    constraints: JsonConstraints, grammar: str, seed: int, max_steps: int = 200
-) -> list[int]:
-    """Random scores every step (a model with no idea), argmax after the mask, until EOS."""
-    tracked = TrackedMatcher(constraints.matcher(grammar))
-    bitmask = torch.zeros((1, constraints.mask_words), dtype=torch.int32)
-    generated: list[int] = []
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(max_steps):
-        tracked.advance(generated)
-        fill_mask(constraints, tracked, bitmask, 0)
-        scores = torch.randn((1, constraints.vocab_size), generator=gen)
-        token = int(apply_token_bitmask(scores, bitmask).argmax())
-        if token == EOS:
-            return generated
-        generated.append(token)
-    raise AssertionError(f"no EOS within {max_steps} tokens")
 
 
 # --------------------------------------------------------------------------------------

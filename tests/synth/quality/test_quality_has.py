@@ -91,16 +91,15 @@ def test_the_probe_finds_the_original_in_a_leaky_set_far_above_chance(tmp_path: 
 
 
 @needs_webdancer
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15, open: with checkout-independent ids the probe scores 35.9 % vs chance 25 % on the "
-    "fake endpoint's alternatives (29.1 % and 37.4 % with other seeds); the tell is not found yet",
-)
 def test_the_probe_on_the_pipelines_own_output_with_the_fake_endpoint_is_within_10_points_of_chance(
     tmp_path: Path,
 ) -> None:
     rollouts = webdancer_rollouts(tmp_path)
-    with FakeOpenAIServer() as server:  # the default responder, which follows the length instruction
+    # The default responder follows the length instruction and grounds its thoughts in the question
+    # and the key terms of the earlier responses the prompt lists. Without those terms it could only
+    # draw on responses cut to 1,500 characters, which the originals were not: they drew more on
+    # the responses and less on the question, and the probe found them (issue 15: 35.9 %).
+    with FakeOpenAIServer() as server:
 
         async def run() -> list[DecisionRecord]:
             async with LLMClient(
