@@ -63,7 +63,10 @@ def test_cancel_returns_202_and_the_driver_stops_as_cancelled(make_api):
     api.wait(run_id, frozenset({"running"}))
     resp = api.client.post(f"/v1/runs/{run_id}/cancel", headers=AUTH)
     assert resp.status_code == 202, resp.text
-    assert resp.json()["cancel_requested"] is True
+    # The fake driver polls every 50 ms, so on a loaded machine it may already have stopped by
+    # the time the API reads the run back: then the answer is the final state, not "cancelling".
+    answer = resp.json()
+    assert (answer["state"], answer["cancel_requested"]) in {("running", True), ("cancelled", False)}, answer
     assert (api.data_dir / "runs" / run_id / "CANCEL").exists()
     run = api.wait(run_id)
     assert run["state"] == "cancelled"
