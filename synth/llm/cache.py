@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import json
 import os
 import re
 import socket
@@ -29,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# Version of what request_key hashes (2: the whole body as sent, plus extra headers).
-KEY_VERSION = 2
+# Version of what request_key hashes (2: the whole body as sent, plus extra headers; 3: the
+# same, canonicalised by orjson, whose floats below 1e-4 are written out in full).
+KEY_VERSION = 3
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
 class CachedReply(BaseModel):
@@ -59,8 +61,9 @@ def request_key(
     doc: dict[str, Any] = {"v": KEY_VERSION, "request": request, "headers": dict(headers or {})}
     if draw:
         doc["draw"] = draw
-    canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # orjson, not json: this runs once per LLM request, and the stdlib encoder was ~5 % of a
+    # worker's CPU at 300 requests/s (issue 19).
+    return hashlib.sha256(orjson.dumps(doc, default=str, option=_CANONICAL)).hexdigest()
 
 
 # Where an answered request is stored: a (stage, unit) scope, set by the worker around a

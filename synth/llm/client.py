@@ -55,6 +55,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 from pydantic import BaseModel
 
 from synth.llm.accounting import UsageTracker
@@ -569,7 +570,7 @@ class LLMClient:
         messages: list[Message],
         max_tokens: int,
     ) -> tuple[T | str, _Reply]:
-        payload = json.dumps(body, ensure_ascii=False).encode()
+        payload = orjson.dumps(body)  # UTF-8 as sent; ~10x the stdlib encoder's speed (issue 19)
         estimated = estimate_tokens(messages, max_tokens)
         transient = 0
         invalid = 0
@@ -692,7 +693,7 @@ class LLMClient:
 
     def _read_completion(self, raw: bytes) -> _Reply:
         try:
-            data = json.loads(raw)
+            data = orjson.loads(raw)
             choice = data["choices"][0]
             message = choice["message"]
             content = message.get("content")

@@ -25,7 +25,7 @@ The points where we rely on transformers internals are exercised by
 that moves them fails a test instead of silently dropping the constraint.
 
 Run: ``python -m synth.llm.constrained_server MODEL_DIR --host 127.0.0.1 --port 8010
---device cpu [--continuous-batching --cb-num-blocks 48]`` (``synth.llm.embedded`` does).
+--device cpu [--continuous-batching --cb-num-blocks 48 --cb-max-batch-tokens 256]`` (``synth.llm.embedded`` does).
 """
 
 from __future__ import annotations
@@ -316,7 +316,12 @@ async def _unbind_when_done(
 
 
 def build_app(
-    model: str, *, device: str = "cpu", continuous_batching: bool = False, cb_num_blocks: int | None = None
+    model: str,
+    *,
+    device: str = "cpu",
+    continuous_batching: bool = False,
+    cb_num_blocks: int | None = None,
+    cb_max_batch_tokens: int | None = None,
 ) -> FastAPI:
     """The ``transformers serve`` app pinned to ``model``, with the constrained chat handler.
 
@@ -324,7 +329,9 @@ def build_app(
     endpoint uses; the other routes keep transformers' handlers (sharing our state).
     """
     model_manager = ModelManager(device=device, continuous_batching=continuous_batching, force_model=model)
-    cb_config = ContinuousBatchingConfig(num_blocks=cb_num_blocks) if cb_num_blocks is not None else None
+    cb_config = None
+    if cb_num_blocks is not None or cb_max_batch_tokens is not None:
+        cb_config = ContinuousBatchingConfig(num_blocks=cb_num_blocks, max_batch_tokens=cb_max_batch_tokens)
     state = ConstrainedGenerationState(
         continuous_batching=continuous_batching, compile=False, cb_config=cb_config
     )
@@ -358,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cb-num-blocks", type=int, default=None, help="KV cache blocks of continuous batching"
     )
+    parser.add_argument(
+        "--cb-max-batch-tokens", type=int, default=None, help="most tokens in one continuous-batching forward"
+    )
     parser.add_argument("--log-level", default="warning", help="transformers log level")
     args = parser.parse_args(argv)
 
@@ -370,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         continuous_batching=args.continuous_batching,
         cb_num_blocks=args.cb_num_blocks,
+        cb_max_batch_tokens=args.cb_max_batch_tokens,
     )
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")

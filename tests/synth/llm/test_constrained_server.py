@@ -77,7 +77,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server_url(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[str]:
     import uvicorn
 
-    app = build_app(str(tiny_model_dir), continuous_batching=request.param, cb_num_blocks=16)
+    # 64 tokens a forward: prompts longer than that are prefilled in chunks, as on the embedded
+    # endpoint (256) with long prompts.
+    app = build_app(
+        str(tiny_model_dir), continuous_batching=request.param, cb_num_blocks=16, cb_max_batch_tokens=64
+    )
+    if request.param:
+        assert app.state.generation_state._cb_config.max_batch_tokens == 64
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -186,9 +186,11 @@ def test_serve_command_rejects_a_model_path_that_is_not_a_model_directory(tmp_pa
         serve_command(model=str(tmp_path), port=free_port())
 
 
-def test_command_caps_the_kv_cache_of_continuous_batching(tmp_path: Path) -> None:
+def test_command_caps_the_kv_cache_and_the_forward_size_of_continuous_batching(tmp_path: Path) -> None:
     argv = EmbeddedEndpoint(port=1234, kv_cache_blocks=32).command(tmp_path)
     assert argv[argv.index("--cb-num-blocks") + 1] == "32"
+    # transformers' GPU-sized default (8192 tokens a forward) halves CPU prefill speed.
+    assert argv[argv.index("--cb-max-batch-tokens") + 1] == "256"
     assert "--continuous-batching" in argv
     assert "--cb-num-blocks" not in EmbeddedEndpoint(port=1234, continuous_batching=False).command(tmp_path)
 
@@ -218,7 +220,8 @@ def test_the_constrained_server_accepts_every_flag_the_launcher_passes(tmp_path:
         mp.setattr(constrained_server, "build_app", fake_build_app)
         with pytest.raises(SystemExit):
             constrained_server.main(argv[3:])
-    assert seen == {"model": MODEL_NAME, "device": "cpu", "continuous_batching": True, "cb_num_blocks": 7}
+    assert seen == {"model": MODEL_NAME, "device": "cpu", "continuous_batching": True, "cb_num_blocks": 7,
+                    "cb_max_batch_tokens": 256}
 
 
 def test_a_server_bound_to_all_interfaces_is_reached_over_loopback(tmp_path: Path) -> None:
