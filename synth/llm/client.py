@@ -570,7 +570,9 @@ class LLMClient:
         messages: list[Message],
         max_tokens: int,
     ) -> tuple[T | str, _Reply]:
-        payload = orjson.dumps(body)  # UTF-8 as sent; ~10x the stdlib encoder's speed (issue 19)
+        # orjson: UTF-8 as sent, ~10x the stdlib encoder's speed (issue 19); non-string keys
+        # (a YAML `extra_body` may have them) become strings, as json.dumps made them.
+        payload = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
         estimated = estimate_tokens(messages, max_tokens)
         transient = 0
         invalid = 0

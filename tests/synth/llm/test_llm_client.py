@@ -108,6 +108,25 @@ def test_structured_call_sends_response_format_json_schema() -> None:
     assert (body["model"], body["temperature"], body["max_tokens"]) == ("m", 0.3, 77)
 
 
+def test_the_body_goes_out_as_utf8_json_with_extra_body_keys_as_strings() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def responder(body: dict[str, Any]) -> str:
+        seen.append(body)
+        return "ok"
+
+    async def main(url: str) -> None:
+        # YAML makes `2: high` an int key; json.dumps wrote it as "2", and so must orjson.
+        config = LLMConfig(base_url=url, model="m", extra_body={"vendor": {2: "high"}})
+        async with LLMClient(config) as llm:
+            await llm.complete([{"role": "user", "content": "Zürich – 東京 😀"}])
+
+    with FakeOpenAIServer(mode="thread", responder=responder) as s:
+        run(main(s.base_url))
+    assert seen[0]["vendor"] == {"2": "high"}
+    assert seen[0]["messages"][0]["content"] == "Zürich – 東京 😀"
+
+
 def test_text_call_returns_the_reply_text(server: FakeOpenAIServer) -> None:
     async def main() -> str:
         async with LLMClient(cfg(server)) as llm:
