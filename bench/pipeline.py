@@ -214,6 +214,7 @@ def measure(questions: int, latency_s: float, concurrency: int, unit_size: int, 
         "limit_questions_per_s": round(question_limit, 1),
         "ratio": round((questions / wall_s) / question_limit, 3),
         # The pipeline's own CPU (driver, Ray, workers, limiter), the fake endpoint excluded.
+        "pipeline_cpu_s": round(cpu.cpu_s, 3),
         "pipeline_cpu_ms_per_request": round(1000 * cpu.cpu_s / stats.requests, 3),
         "endpoint_cpu_ms_per_request": round(1000 * cpu.excluded_cpu_s / stats.requests, 3),
         "pipeline_cpu_s_by_process": cpu.by_kind(),
@@ -231,8 +232,7 @@ def steady_state(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]
     extra_questions = large["questions"] - small["questions"]
     if extra_requests <= 0 or extra_questions <= 0:
         raise SystemExit("--questions must exceed --small-questions")
-    cpu = {r["phase"]: r["pipeline_cpu_ms_per_request"] * r["server_requests"] / 1000 for r in (small, large)}
-    extra_cpu_s = cpu[large["phase"]] - cpu[small["phase"]]
+    extra_cpu_s = large["pipeline_cpu_s"] - small["pipeline_cpu_s"]
     extra_wall_s = large["wall_s"] - small["wall_s"]
     per_request_s = extra_cpu_s / extra_requests
     wall_per_question_s = extra_wall_s / extra_questions
@@ -243,7 +243,7 @@ def steady_state(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]
         "wall_s": round(extra_wall_s, 2),
         "ratio": round((extra_questions / extra_wall_s) / large["limit_questions_per_s"], 3),
         "pipeline_cpu_ms_per_request": round(1000 * per_request_s, 3),
-        "session_cpu_s": round(cpu[large["phase"]] - per_request_s * large["server_requests"], 2),
+        "session_cpu_s": round(large["pipeline_cpu_s"] - per_request_s * large["server_requests"], 2),
         "session_wall_s": round(large["wall_s"] - wall_per_question_s * large["questions"], 2),
     }
 

@@ -70,8 +70,9 @@ DEFAULT_KV_CACHE_BLOCKS = 48
 # Tokens in one continuous-batching forward. transformers' default (8192, sized for GPUs)
 # prefills concurrent prompts in one large forward, and on CPU that is slower than several
 # small ones: measured on 2 cores, 8 requests of 1.2k prompt tokens took 116 s at the
-# default, 90 s at 1024 and 56 s at 256; 5 memory-sized ones (817 prompt tokens, JSON schema) 27.5 / 24.4 s at the default
-# and 20.9 / 20.2 s at 256. Decode speed is unchanged (~21 tokens/s with 8 in flight).
+# default, 90 s at 1024 and 56 s at 256; 5 memory-sized ones (817 prompt tokens, JSON
+# schema) 27.5 / 24.4 s at the default and 20.9 / 20.2 s at 256. Decode speed is unchanged
+# (~21 tokens/s with 8 in flight).
 DEFAULT_MAX_BATCH_TOKENS = 256
 # Requests worth having in flight at the embedded server: 8 concurrent requests gave ~3.4x
 # the tokens/s of one (NOTES.md) and fit the KV cache above at ~1.5k tokens each. More only
