@@ -66,7 +66,7 @@ class RunEndpoints:
             cfg = next(c for c in endpoint_configs(self._spec) if c.base_url == EMBEDDED)
             self._embedded = ensure_endpoint(
                 port=cfg.embedded_port,
-                continuous_batching=cfg.embedded_continuous_batching,
+                batching=cfg.embedded_continuous_batching,
                 temperature=cfg.temperature,
             )
             url = self._embedded.base_url

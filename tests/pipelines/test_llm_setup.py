@@ -69,7 +69,7 @@ def test_an_embedded_run_starts_the_endpoint_gives_workers_its_url_and_stops_it(
         print_summary=False,
     )
     assert result.outcome.state == "succeeded", result.outcome.error
-    assert calls[0] == {"port": 8010, "continuous_batching": True, "temperature": 0.3}
+    assert calls[0] == {"port": 8010, "batching": True, "temperature": 0.3}
     assert calls[-1] == "stop" and len(calls) == 2
     analyses = ShardStore(result.run_dir).read_table("planning").column("analysis").to_pylist()
     assert len(analyses) == 20 and not any(a.startswith("square") for a in analyses)  # the LLM answered

@@ -28,7 +28,7 @@ from synth.llm.base import LLMInvalidOutput
 from synth.llm.client import LLMClient
 from synth.llm.config import LLMConfig
 from synth.llm.constrained_server import build_app
-from synth.llm.embedded import EmbeddedEndpoint, ensure_model_dir, served_models
+from synth.llm.embedded import EmbeddedEndpoint, served_models
 
 
 class Verdict(BaseModel):
@@ -51,39 +51,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer and chat template (~13 MB)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("models") / "tiny-llama"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    )  # fmt: skip
-    config.architectures = ["LlamaForCausalLM"]
-    model = LlamaForCausalLM(config)
-    model.generation_config.do_sample = True
-    model.generation_config.eos_token_id = 2
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(ensure_model_dir()).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(params=[True, False], ids=["continuous-batching", "sequential"])
-def server_url(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[str]:
+def start_server(app: object) -> Iterator[str]:
     import uvicorn
 
-    # 64 tokens a forward: prompts longer than that are prefilled in chunks, as on the embedded
-    # endpoint (256) with long prompts.
-    app = build_app(
-        str(tiny_model_dir), continuous_batching=request.param, cb_num_blocks=16, cb_max_batch_tokens=64
-    )
-    if request.param:
-        assert app.state.generation_state._cb_config.max_batch_tokens == 64
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -98,7 +68,22 @@ def server_url(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-        app.state.generation_state.shutdown()
+        app.state.generation_state.shutdown()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["continuous-batching", "batched", "sequential"])
+def server_url(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[str]:
+    # Continuous batching: 64 tokens a forward, so prompts longer than that are prefilled in
+    # chunks. Batched: up to 8 concurrent requests in one generate (the embedded endpoint's
+    # mode). Sequential: one request at a time through the same manager.
+    app = build_app(
+        str(tiny_model_dir),
+        continuous_batching=request.param == "continuous-batching",
+        cb_num_blocks=16,
+        cb_max_batch_tokens=64,
+        batch_size=8 if request.param == "batched" else 1,
+    )
+    yield from start_server(app)
 
 
 def client_config(url: str, max_tokens: int = 64) -> LLMConfig:
@@ -180,9 +165,7 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
 @pytest.mark.slow
 def test_the_embedded_launcher_starts_the_constrained_server(tiny_model_dir: Path) -> None:
     """``EmbeddedEndpoint`` runs ``python -m synth.llm.constrained_server`` (its warm-up asks for JSON)."""
-    with EmbeddedEndpoint(
-        tiny_model_dir, port=free_port(), startup_timeout_s=240, kv_cache_blocks=16
-    ) as endpoint:
+    with EmbeddedEndpoint(tiny_model_dir, port=free_port(), startup_timeout_s=240) as endpoint:
         assert endpoint.started_here
 
         async def main() -> Verdict:

@@ -19,6 +19,7 @@ import synth.llm.embedded as embedded
 from synth.llm.client import LLMClient
 from synth.llm.config import LLMConfig
 from synth.llm.embedded import (
+    EMBEDDED_MAX_CONCURRENCY,
     MODEL_NAME,
     EmbeddedEndpoint,
     EmbeddedEndpointError,
@@ -186,13 +187,14 @@ def test_serve_command_rejects_a_model_path_that_is_not_a_model_directory(tmp_pa
         serve_command(model=str(tmp_path), port=free_port())
 
 
-def test_command_caps_the_kv_cache_and_the_forward_size_of_continuous_batching(tmp_path: Path) -> None:
-    argv = EmbeddedEndpoint(port=1234, kv_cache_blocks=32).command(tmp_path)
-    assert argv[argv.index("--cb-num-blocks") + 1] == "32"
-    # transformers' GPU-sized default (8192 tokens a forward) halves CPU prefill speed.
-    assert argv[argv.index("--cb-max-batch-tokens") + 1] == "256"
-    assert "--continuous-batching" in argv
-    assert "--cb-num-blocks" not in EmbeddedEndpoint(port=1234, continuous_batching=False).command(tmp_path)
+def test_command_batches_concurrent_requests_unless_told_not_to(tmp_path: Path) -> None:
+    argv = EmbeddedEndpoint(port=1234).command(tmp_path)
+    # Static batches on model.generate: 2.7x continuous batching's speed on 2 CPU cores.
+    assert argv[argv.index("--batch-size") + 1] == str(EMBEDDED_MAX_CONCURRENCY)
+    assert "--continuous-batching" not in argv
+    assert "--batch-size" not in EmbeddedEndpoint(port=1234, batching=False).command(tmp_path)
+    # Plain transformers serve has no such flag: it serves one request at a time.
+    assert "--batch-size" not in EmbeddedEndpoint(port=1234, constrained=False).command(tmp_path)
 
 
 def test_command_runs_the_constrained_server_unless_asked_for_plain_transformers_serve(
@@ -209,7 +211,7 @@ def test_command_runs_the_constrained_server_unless_asked_for_plain_transformers
 def test_the_constrained_server_accepts_every_flag_the_launcher_passes(tmp_path: Path) -> None:
     from synth.llm import constrained_server
 
-    argv = EmbeddedEndpoint(port=1234, host="0.0.0.0", kv_cache_blocks=7).command(tmp_path / MODEL_NAME)
+    argv = EmbeddedEndpoint(port=1234, host="0.0.0.0").command(tmp_path / MODEL_NAME)
     seen: dict[str, object] = {}
 
     def fake_build_app(model: str, **kwargs: object) -> object:
@@ -220,8 +222,14 @@ def test_the_constrained_server_accepts_every_flag_the_launcher_passes(tmp_path:
         mp.setattr(constrained_server, "build_app", fake_build_app)
         with pytest.raises(SystemExit):
             constrained_server.main(argv[3:])
-    assert seen == {"model": MODEL_NAME, "device": "cpu", "continuous_batching": True, "cb_num_blocks": 7,
-                    "cb_max_batch_tokens": 256}
+    assert seen == {
+        "model": MODEL_NAME,
+        "device": "cpu",
+        "continuous_batching": False,
+        "cb_num_blocks": None,
+        "cb_max_batch_tokens": None,
+        "batch_size": EMBEDDED_MAX_CONCURRENCY,
+    }
 
 
 def test_a_server_bound_to_all_interfaces_is_reached_over_loopback(tmp_path: Path) -> None:
