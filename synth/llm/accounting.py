@@ -71,8 +71,7 @@ class StageUsage(BaseModel):
     prompt_tokens: int = Field(0, description="prompt tokens reported by the endpoint")
     completion_tokens: int = Field(0, description="completion tokens reported by the endpoint")
     reasoning_tokens: int = Field(
-        0,
-        description="of completion_tokens, a thinking model's reasoning (reported, or estimated by its share of characters)",
+        0, description="of completion_tokens, a thinking model's reasoning (reported, or estimated by its share of characters)"
     )
     latency_histogram: dict[int, int] = Field(
         default_factory=dict,

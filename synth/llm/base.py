@@ -65,12 +65,7 @@ class LLMHTTPError(LLMError):
     kind = "http_error"
 
     def __init__(
-        self,
-        message: str,
-        raw_output: str | None = None,
-        *,
-        status: int | None = None,
-        server_message: str = "",
+        self, message: str, raw_output: str | None = None, *, status: int | None = None, server_message: str = ""
     ) -> None:
         super().__init__(message, raw_output)
         self.status = status
@@ -112,23 +107,13 @@ class LLM(Protocol):
 
     @overload
     async def complete(
-        self,
-        messages: list[Message],
-        schema: None = None,
-        *,
-        stage: str = "",
-        temperature: float | None = None,
+        self, messages: list[Message], schema: None = None, *, stage: str = "", temperature: float | None = None,
         max_tokens: int | None = None,
     ) -> str: ...
 
     @overload
     async def complete(
-        self,
-        messages: list[Message],
-        schema: type[T],
-        *,
-        stage: str = "",
-        temperature: float | None = None,
+        self, messages: list[Message], schema: type[T], *, stage: str = "", temperature: float | None = None,
         max_tokens: int | None = None,
     ) -> T: ...
 

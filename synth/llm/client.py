@@ -144,9 +144,7 @@ def transport_problem(err: BaseException, connect_timeout_s: float) -> tuple[str
         return "unreachable", "cannot resolve the host name"
     if isinstance(err, aiohttp.ClientConnectorError):
         os_error = getattr(err, "os_error", None)
-        if getattr(os_error, "errno", None) == errno.ECONNREFUSED or isinstance(
-            os_error, ConnectionRefusedError
-        ):
+        if getattr(os_error, "errno", None) == errno.ECONNREFUSED or isinstance(os_error, ConnectionRefusedError):
             return "unreachable", "connection refused"
         return "unreachable", f"cannot connect ({getattr(os_error, 'strerror', None) or err})"
     if isinstance(err, aiohttp.ServerDisconnectedError):
@@ -395,9 +393,7 @@ class LLMClient:
                     raise self._failure(f"unreachable: {problem}") from None
                 continue
             except TimeoutError:
-                raise self._failure(
-                    f"did not answer GET /models within {self.config.timeout_s:g} s"
-                ) from None
+                raise self._failure(f"did not answer GET /models within {self.config.timeout_s:g} s") from None
             except OSError as err:
                 raise self._failure(f"unreachable: {self._redact(str(err))}") from None
             if status in (404, 405):
@@ -405,9 +401,7 @@ class LLMClient:
             if status in RETRYABLE_STATUS:
                 continue
             if status != 200:
-                raise self._failure(
-                    f"answered {status}: {self._redact(server_message(raw))[:_MAX_ERROR_TEXT]}"
-                )
+                raise self._failure(f"answered {status}: {self._redact(server_message(raw))[:_MAX_ERROR_TEXT]}")
             try:
                 return [str(m["id"]) for m in json.loads(raw)["data"]]
             except (ValueError, KeyError, TypeError):
@@ -457,10 +451,8 @@ class LLMClient:
             if self._session is not None:
                 self._session.detach()
                 self._session = None
-        elif (
-            self._session is not None
-            and self._base_url is not None
-            and (self._model is not None or not resolve_model)
+        elif self._session is not None and self._base_url is not None and (
+            self._model is not None or not resolve_model
         ):
             return
         assert self._setup_lock is not None
@@ -618,9 +610,7 @@ class LLMClient:
             except OutputParseError as err:
                 if reply.truncated:
                     # The same cap would cut the same reply again: no retry, a named failure.
-                    raise LLMTruncated.at_cap(
-                        max_tokens, raw_output=reply.content[:_MAX_RAW_OUTPUT]
-                    ) from None
+                    raise LLMTruncated.at_cap(max_tokens, raw_output=reply.content[:_MAX_RAW_OUTPUT]) from None
                 if invalid >= self.config.max_invalid_retries:
                     raise LLMInvalidOutput(str(err), raw_output=reply.content[:_MAX_RAW_OUTPUT]) from None
                 invalid += 1
@@ -633,9 +623,7 @@ class LLMClient:
             return content
         return parse_structured(split_think_prefix(content).content, schema)
 
-    async def _attempt(
-        self, payload: bytes, body: dict[str, Any], estimated_tokens: int, stage: str
-    ) -> _Reply:
+    async def _attempt(self, payload: bytes, body: dict[str, Any], estimated_tokens: int, stage: str) -> _Reply:
         """One POST under a permit and a timeout; a ``_Reply``, or a raised error."""
         session = self._session
         assert session is not None
@@ -665,9 +653,7 @@ class LLMClient:
             except OSError as err:
                 self.usage.record_attempt(stage, ok=False)
                 self.breaker.failure(f"connection failed: {err}")
-                raise _RetryableError(
-                    "connection_error", f"{type(err).__name__}: {self._redact(str(err))}"
-                ) from None
+                raise _RetryableError("connection_error", f"{type(err).__name__}: {self._redact(str(err))}") from None
             latency_s = time.perf_counter() - started
             if status == 200:
                 try:

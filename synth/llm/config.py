@@ -61,14 +61,9 @@ class BreakerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     consecutive_failures: PositiveInt = Field(20, description="stop after this many such failures in a row")
-    window_requests: PositiveInt = Field(
-        100, description="the first K attempts, over which the failure share is judged"
-    )
+    window_requests: PositiveInt = Field(100, description="the first K attempts, over which the failure share is judged")
     max_failure_share: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="stop once more than this share of the first window_requests attempts failed so",
+        0.5, gt=0, le=1, description="stop once more than this share of the first window_requests attempts failed so"
     )
 
 
@@ -84,27 +79,16 @@ class LLMConfig(BaseModel):
     """How to reach one OpenAI-compatible chat-completions endpoint, and how hard to push it."""
 
     model_config = ConfigDict(extra="forbid")
-    base_url: str = Field(
-        "embedded",
-        description="'embedded' starts transformers serve locally; else an http(s) URL ending in /v1",
-    )
+    base_url: str = Field("embedded", description="'embedded' starts transformers serve locally; else an http(s) URL ending in /v1")
     model: str | None = Field(
-        None,
-        description="model name sent to the endpoint; required unless base_url is 'embedded' (null = the model it serves)",
+        None, description="model name sent to the endpoint; required unless base_url is 'embedded' (null = the model it serves)"
     )
-    api_key_env: str = Field(
-        "OPENAI_API_KEY", description="name of the env var holding the API key (never the key itself)"
-    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the env var holding the API key (never the key itself)")
     max_concurrency: PositiveInt = Field(64, description="ceiling on requests in flight, cluster-wide")
     requests_per_minute: PositiveInt | None = Field(None, description="RPM limit, cluster-wide")
-    tokens_per_minute: PositiveInt | None = Field(
-        None, description="TPM limit (prompt + completion), cluster-wide"
-    )
+    tokens_per_minute: PositiveInt | None = Field(None, description="TPM limit (prompt + completion), cluster-wide")
     temperature: float | None = Field(
-        0.8,
-        ge=0,
-        le=2,
-        description="sampling temperature; null = send none (OpenAI reasoning models accept only their default)",
+        0.8, ge=0, le=2, description="sampling temperature; null = send none (OpenAI reasoning models accept only their default)"
     )
     top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling; null = send none")
     seed: int | None = Field(None, description="sampling seed sent with every request; null = send none")
@@ -115,43 +99,28 @@ class LLMConfig(BaseModel):
         "auto = max_completion_tokens for OpenAI reasoning models (o1, o3, o4-mini, gpt-5…), else max_tokens",
     )
     reasoning_effort: ReasoningEffort | None = Field(
-        None,
-        description="reasoning_effort sent to reasoning models (none|minimal|low|medium|high); null = send none",
+        None, description="reasoning_effort sent to reasoning models (none|minimal|low|medium|high); null = send none"
     )
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="extra request fields, sent as they are (e.g. vLLM: {chat_template_kwargs: {enable_thinking: false}})",
     )
     extra_headers: dict[str, str] = Field(
-        default_factory=dict,
-        description="extra HTTP headers (e.g. a gateway's HTTP-Referer / X-Title); never the key",
+        default_factory=dict, description="extra HTTP headers (e.g. a gateway's HTTP-Referer / X-Title); never the key"
     )
     timeout_s: PositiveFloat = Field(120, description="per-request timeout in seconds (connect + reply)")
     connect_timeout_s: PositiveFloat = Field(
-        10,
-        description="seconds to open a connection: a host that cannot be reached fails this fast, not after timeout_s",
+        10, description="seconds to open a connection: a host that cannot be reached fails this fast, not after timeout_s"
     )
-    max_retries: int = Field(
-        6, ge=0, le=50, description="retries for transient errors (429, 5xx, timeouts, connection errors)"
-    )
-    max_invalid_retries: int = Field(
-        2, ge=0, le=20, description="retries of a reply that did not parse or validate against the schema"
-    )
-    backoff_base_s: PositiveFloat = Field(
-        0.5, description="first retry delay; doubles per retry, with jitter"
-    )
-    backoff_max_s: PositiveFloat = Field(
-        30.0, description="ceiling of one retry delay (a longer Retry-After wins)"
-    )
+    max_retries: int = Field(6, ge=0, le=50, description="retries for transient errors (429, 5xx, timeouts, connection errors)")
+    max_invalid_retries: int = Field(2, ge=0, le=20, description="retries of a reply that did not parse or validate against the schema")
+    backoff_base_s: PositiveFloat = Field(0.5, description="first retry delay; doubles per retry, with jitter")
+    backoff_max_s: PositiveFloat = Field(30.0, description="ceiling of one retry delay (a longer Retry-After wins)")
     embedded_port: int = Field(8010, ge=1, le=65535, description="loopback port of the embedded endpoint")
-    embedded_continuous_batching: bool = Field(
-        True,
-        description="embedded endpoint: batch concurrent requests into one generate (~4x throughput on CPU; the name is historical)",
-    )
+    embedded_continuous_batching: bool = Field(True, description="embedded endpoint: decode concurrent requests together (~4x the tokens/s of one at a time on CPU; the name is historical)")
     price: PriceTable | None = Field(None, description="optional price table for cost accounting")
     breaker: BreakerConfig = Field(
-        default_factory=BreakerConfig,
-        description="when failures stop the run instead of filling the failed ledger",
+        default_factory=BreakerConfig, description="when failures stop the run instead of filling the failed ledger"
     )
 
     @field_validator("extra_body")

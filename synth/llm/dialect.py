@@ -88,9 +88,7 @@ def split_think_prefix(content: str) -> ThinkSplit:
         end = text.find(THINK_CLOSE)
         if end < 0:
             return ThinkSplit(content="", reasoning=text[len(THINK_OPEN) :].strip())
-        return ThinkSplit(
-            content=text[end + len(THINK_CLOSE) :].lstrip(), reasoning=text[len(THINK_OPEN) : end].strip()
-        )
+        return ThinkSplit(content=text[end + len(THINK_CLOSE) :].lstrip(), reasoning=text[len(THINK_OPEN) : end].strip())
     end = text.find(THINK_CLOSE)
     if end >= 0 and THINK_OPEN not in text[:end]:
         return ThinkSplit(content=text[end + len(THINK_CLOSE) :].lstrip(), reasoning=text[:end].strip())

@@ -28,10 +28,7 @@ from synth.llm.config import EMBEDDED, LLMConfig
 
 # The preflight's own request; tests recognise it by these messages.
 PREFLIGHT_MESSAGES: list[dict[str, str]] = [
-    {
-        "role": "user",
-        "content": 'agentcpt preflight: reply with the JSON object {"ok": true} and nothing else.',
-    }
+    {"role": "user", "content": 'agentcpt preflight: reply with the JSON object {"ok": true} and nothing else.'}
 ]
 # Room for the object even on a thinking model's short reply; the cap's *name* is what is tested.
 PREFLIGHT_MAX_TOKENS = 16
@@ -104,17 +101,13 @@ async def check_endpoint(name: str, config: LLMConfig, *, api_key: str | None = 
             raise EndpointFailure(name, url, f"answered {err.status}: {err.server_message}") from None
         except LLMTimeout:
             raise EndpointFailure(
-                name,
-                url,
-                f"did not answer a {PREFLIGHT_MAX_TOKENS}-token test request within {cfg.timeout_s:g} s",
+                name, url, f"did not answer a {PREFLIGHT_MAX_TOKENS}-token test request within {cfg.timeout_s:g} s"
             ) from None
         except LLMError as err:
             raise EndpointFailure(name, url, f"failed the test request: {err}") from None
     finally:
         await client.aclose()
-    return EndpointCheck(
-        name=name, base_url=url, model=model, served=served, seconds=time.monotonic() - started
-    )
+    return EndpointCheck(name=name, base_url=url, model=model, served=served, seconds=time.monotonic() - started)
 
 
 def distinct_endpoints(llm: LLMConfig, judge_llm: LLMConfig | None) -> list[tuple[str, LLMConfig]]:

@@ -74,7 +74,7 @@ def start_server(app: object) -> Iterator[str]:
 @pytest.fixture(params=["continuous-batching", "batched", "sequential"])
 def server_url(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[str]:
     # Continuous batching: 64 tokens a forward, so prompts longer than that are prefilled in
-    # chunks. Batched: up to 8 concurrent requests in one generate (the embedded endpoint's
+    # chunks. Batched: up to 8 concurrent requests decoded together (the embedded endpoint's
     # mode). Sequential: one request at a time through the same manager.
     app = build_app(
         str(tiny_model_dir),

@@ -43,17 +43,13 @@ def test_the_breaker_opens_after_n_failures_in_a_row_and_a_success_resets_the_ru
 
 def test_the_breaker_opens_when_most_of_the_first_k_attempts_failed_even_with_successes_between() -> None:
     def run(pattern: str) -> CircuitBreaker:
-        breaker = CircuitBreaker(
-            BreakerConfig(consecutive_failures=100, window_requests=10, max_failure_share=0.5)
-        )
+        breaker = CircuitBreaker(BreakerConfig(consecutive_failures=100, window_requests=10, max_failure_share=0.5))
         for outcome in pattern:
             breaker.failure("answered 400: bad shape") if outcome == "F" else breaker.success()
         return breaker
 
     assert not run("FSFSFSFSFS").is_open  # 5 of 10: not above half
-    assert not run(
-        "SSSSSSSSSS" + "FSFSFSFSFSFS"
-    ).is_open  # failures after the first window are not judged by share
+    assert not run("SSSSSSSSSS" + "FSFSFSFSFSFS").is_open  # failures after the first window are not judged by share
     assert run("FSFSFSFSFF").open_reason == (
         "answered 400: bad shape (6 of the first 10 requests failed so; circuit breaker)"
     )
@@ -102,17 +98,13 @@ def unanswered_port() -> Iterator[int]:
         server.close()
 
 
-def test_a_host_that_never_answers_fails_in_the_connect_timeout_not_the_read_timeout(
-    unanswered_port: int,
-) -> None:
+def test_a_host_that_never_answers_fails_in_the_connect_timeout_not_the_read_timeout(unanswered_port: int) -> None:
     async def main() -> float:
         config = LLMConfig(base_url=f"http://127.0.0.1:{unanswered_port}/v1", model="m", connect_timeout_s=0.5,
                            timeout_s=60, max_retries=2, backoff_base_s=0.01)  # fmt: skip
         async with LLMClient(config) as llm:
             t0 = time.monotonic()
-            with pytest.raises(
-                EndpointFailure, match=r"unreachable: no connection within 0\.5 s \(connect timeout\)"
-            ):
+            with pytest.raises(EndpointFailure, match=r"unreachable: no connection within 0\.5 s \(connect timeout\)"):
                 await llm.complete(MSGS)
             return time.monotonic() - t0
 
@@ -132,9 +124,7 @@ def ask(server: FakeOpenAIServer, schema: type[BaseModel] | None, max_tokens: in
 
 
 def test_a_structured_reply_cut_by_the_cap_is_a_truncated_failure_asked_once() -> None:
-    config = FakeServerConfig(
-        enforce_max_tokens=True, responder="tests.synth.llm.test_llm_breaker:long_statements"
-    )
+    config = FakeServerConfig(enforce_max_tokens=True, responder="tests.synth.llm.test_llm_breaker:long_statements")
     with FakeOpenAIServer(config, mode="thread") as server:
         err, llm = ask(server, Statements, max_tokens=8)
         assert server.stats().requests == 1  # the same cap would cut it again: no retry
@@ -145,9 +135,7 @@ def test_a_structured_reply_cut_by_the_cap_is_a_truncated_failure_asked_once() -
 
 
 def test_a_reply_under_the_cap_parses_and_a_cut_text_reply_is_returned_to_the_stage() -> None:
-    config = FakeServerConfig(
-        enforce_max_tokens=True, responder="tests.synth.llm.test_llm_breaker:long_statements"
-    )
+    config = FakeServerConfig(enforce_max_tokens=True, responder="tests.synth.llm.test_llm_breaker:long_statements")
     with FakeOpenAIServer(config, mode="thread") as server:
         reply, _ = ask(server, Statements, max_tokens=200)
         assert isinstance(reply, Statements) and len(reply.statements) == 6

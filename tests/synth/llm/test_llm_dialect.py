@@ -53,20 +53,13 @@ def test_optional_fields_are_sent_only_when_set_and_extra_body_is_merged() -> No
     plain = body(LLMConfig(), temperature=None)
     assert set(plain) == {"model", "messages", "max_tokens"}  # temperature null: none sent
     full = body(
-        LLMConfig(
-            top_p=0.9,
-            seed=3,
-            reasoning_effort="low",
-            extra_body={"chat_template_kwargs": {"enable_thinking": False}},
-        )
+        LLMConfig(top_p=0.9, seed=3, reasoning_effort="low", extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     )
     assert full["temperature"] == 0.5 and full["top_p"] == 0.9 and full["seed"] == 3
     assert full["reasoning_effort"] == "low" and full["chat_template_kwargs"] == {"enable_thinking": False}
 
 
-@pytest.mark.parametrize(
-    "key", ["temperature", "max_tokens", "max_completion_tokens", "model", "stream", "response_format"]
-)
+@pytest.mark.parametrize("key", ["temperature", "max_tokens", "max_completion_tokens", "model", "stream", "response_format"])
 def test_extra_body_cannot_set_what_a_named_setting_owns(key: str) -> None:
     with pytest.raises(ValidationError, match=f"'{key}' is set by"):
         LLMConfig(extra_body={key: 1})
@@ -115,9 +108,7 @@ def test_a_400_naming_a_sent_parameter_says_which_setting_fixes_it() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def ask(
-    server: FakeOpenAIServer, schema: type[BaseModel] | None = None, **settings: Any
-) -> tuple[Any, LLMClient]:
+def ask(server: FakeOpenAIServer, schema: type[BaseModel] | None = None, **settings: Any) -> tuple[Any, LLMClient]:
     async def main() -> tuple[Any, LLMClient]:
         config = LLMConfig(**{"base_url": server.base_url, "model": "m", "backoff_base_s": 0.01, **settings})
         async with LLMClient(config) as llm:

@@ -68,9 +68,7 @@ def test_a_closed_port_fails_at_once() -> None:
 
 
 def test_an_unparseable_answer_still_passes_it_is_the_endpoint_that_is_checked() -> None:
-    with FakeOpenAIServer(
-        FakeServerConfig(responder="testing.fake_llm_server:echo_responder"), mode="thread"
-    ) as server:
+    with FakeOpenAIServer(FakeServerConfig(responder="testing.fake_llm_server:echo_responder"), mode="thread") as server:
         assert check(server.base_url).model == "fake-model"
 
 
