@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,54 +56,27 @@ DEFAULT_MAX_BATCH_TOKENS = 16_384
 DEFAULT_LINGER_S = 0.05
 
 # --------------------------------------------------------------------------------------
-# Each row's grammar
+# The grammar of a request generated alone
 # --------------------------------------------------------------------------------------
 
 
-class BatchGrammarProcessor(LogitsProcessor):
-    """Masks the next token of each constrained row by its own grammar; other rows pass.
+class GrammarLogitsProcessor(LogitsProcessor):
+    """``model.generate`` processor for a request generated alone: masks its next token by its grammar.
 
-    ``generate`` calls it with the whole padded batch so far. A row stops being masked once
-    it has ended (end-of-sequence or its budget): generate keeps appending padding to a
-    finished row, which its matcher must not see.
+    ``generate`` calls it with the whole sequence so far (a batch of one); the tokens after
+    ``prompt_len`` are fed to the matcher. ``generate`` stops calling once the row has ended.
     """
 
-    def __init__(
-        self,
-        constraints: JsonConstraints,
-        grammars: Sequence[str | None],
-        prompt_len: int,
-        budgets: Sequence[int],
-    ) -> None:
+    def __init__(self, constraints: JsonConstraints, grammar: str, prompt_len: int) -> None:
         self._constraints = constraints
+        self._tracked = TrackedMatcher(constraints.matcher(grammar))
         self._prompt_len = prompt_len
-        self._budgets = list(budgets)
-        self._eos = set(constraints.eos_token_ids)
-        self._tracked = {
-            row: TrackedMatcher(constraints.matcher(grammar))
-            for row, grammar in enumerate(grammars)
-            if grammar is not None
-        }
-        self._ended: set[int] = set()
-        self._bitmask = torch.zeros((len(grammars), constraints.mask_words), dtype=torch.int32)
+        self._bitmask = torch.zeros((1, constraints.mask_words), dtype=torch.int32)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids.shape[1] - self._prompt_len
-        masked: list[int] = []
-        for row, tracked in self._tracked.items():
-            if row in self._ended:
-                continue
-            tokens = input_ids[row, self._prompt_len :].tolist()
-            if (tokens and tokens[-1] in self._eos) or generated >= self._budgets[row]:
-                self._ended.add(row)
-                continue
-            tracked.advance(tokens)
-            fill_mask(self._constraints, tracked, self._bitmask, row)
-            masked.append(row)
-        if masked:
-            rows = torch.tensor(masked, dtype=torch.long)
-            scores[rows] = apply_token_bitmask(scores[rows], self._bitmask[rows])
-        return scores
+        self._tracked.advance(input_ids[0, self._prompt_len :].tolist())
+        fill_mask(self._constraints, self._tracked, self._bitmask, 0)
+        return apply_token_bitmask(scores, self._bitmask)
 
 
 # --------------------------------------------------------------------------------------
@@ -120,10 +93,6 @@ class _Job:
     grammar: str | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[tuple[str, int, list[int]]]
-
-    @property
-    def budget(self) -> int:
-        return int(self.gen_config.max_new_tokens or 0) or 256
 
     def finish(self, generated: list[int]) -> None:
         """Answer the request with its generated tokens (the end-of-sequence token included)."""
@@ -198,10 +167,9 @@ class BatchedGenerateManager(BaseGenerateManager):
         kwargs = {**inputs, "streamer": streamer, "generation_config": gen_config, "tokenizer": processor}
         grammar = self._grammar_of(request_id)
         if grammar is not None:
-            budget = int(gen_config.max_new_tokens or 0) or 256
             constraints = self._constraints_for(model, processor)
             kwargs["logits_processor"] = LogitsProcessorList(
-                [BatchGrammarProcessor(constraints, [grammar], inputs["input_ids"].shape[1], [budget])]
+                [GrammarLogitsProcessor(constraints, grammar, inputs["input_ids"].shape[1])]
             )
 
         def run() -> None:
@@ -325,9 +293,7 @@ class BatchedGenerateManager(BaseGenerateManager):
         processors = LogitsProcessorList()
         if job.grammar is not None:
             constraints = self._constraints_for(model, processor)
-            processors.append(
-                BatchGrammarProcessor(constraints, [job.grammar], len(job.input_ids), [job.budget])
-            )
+            processors.append(GrammarLogitsProcessor(constraints, job.grammar, len(job.input_ids)))
         try:
             with torch.inference_mode():
                 sequences = model.generate(

@@ -105,11 +105,6 @@ class DecodeBatch:
         self._last = torch.zeros((0,), dtype=torch.long)  # each row's newest token, not yet cached
 
     @property
-    def cached_tokens(self) -> int:
-        """Padded size of the cache: rows x positions."""
-        return int(self._mask.numel())
-
-    @property
     def width(self) -> int:
         return int(self._mask.shape[1])
 
@@ -214,7 +209,7 @@ class DecodeBatch:
             return
         for i in done:
             self.rows[i].on_done(self.rows[i].generated)
-        keep = [i for i in range(len(self.rows)) if i not in set(done)]
+        keep = [i for i in range(len(self.rows)) if i not in done]
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self._cache, self._mask, self._last = None, torch.zeros((0, 0), dtype=torch.long), self._last[:0]

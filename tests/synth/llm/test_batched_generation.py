@@ -153,6 +153,19 @@ def test_a_grammar_masks_its_own_row_only(model: Any, tokenizer: Any) -> None:
     assert not free[0].lstrip().startswith("{")  # the random model, unconstrained
 
 
+def test_a_request_the_loop_does_not_implement_runs_alone_under_its_grammar(
+    model: Any, tokenizer: Any
+) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    grammar = grammar_for({"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+    assert grammar is not None
+    penalised = GenerationConfig(do_sample=False, repetition_penalty=1.3, max_new_tokens=24, eos_token_id=2)
+    gen = manager(model, tokenizer, grammars={"req-0": grammar})
+    (reply,) = run_all(gen, model, tokenizer, [(PROMPTS[0], penalised)])
+    assert gen.batch_sizes == []  # model.generate, not the decode loop
+    assert reply[0].replace(" ", "") in ('{"ok":true}', '{"ok":false}')
+
+
 def test_a_failed_forward_fails_every_request_of_its_batch_and_the_next_batch_runs(
     model: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
