@@ -81,7 +81,7 @@ class Row:
         return cls(
             prompt=prompt,
             budget=int(config.max_new_tokens or 0) or 256,
-            do_sample=bool(config.do_sample) and (config.temperature or 1.0) > 0,
+            do_sample=bool(config.do_sample) and config.temperature != 0,  # 0: greedy
             temperature=float(config.temperature or 1.0),
             top_k=int(config.top_k or 0),
             top_p=float(config.top_p if config.top_p is not None else 1.0),
