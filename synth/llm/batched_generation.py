@@ -12,7 +12,9 @@ JSON grammar) join the running ``DecodeBatch`` between two steps and leave it as
 are done; each keeps its own sampling settings and grammar. A batch holds at most
 ``max_batch`` requests and ``max_batch_tokens`` padded cache positions (memory grows with
 both); a request that does not fit waits for rows to finish. The thread lingers ``linger_s``
-before starting an idle batch, so requests sent together are prefilled together.
+before starting an idle batch, so requests sent together are prefilled together. Finished
+sequences stay in a ``PrefixStore`` of ``prefix_positions`` positions, so a prompt that
+repeats a system prompt, or extends an agent's previous step, prefills only what is new.
 
 Requests the loop does not implement (beam search, repetition penalties, stop strings...) and
 streaming requests run alone through ``model.generate`` once the batch has drained, so two
@@ -29,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +44,9 @@ from transformers.cli.serving.utils import (
     _StreamError,
 )
 
-from synth.llm.decode_batch import DecodeBatch, Row, decodable
+from synth.llm.decode_batch import DecodeBatch, Prefilled, Row, decodable
 from synth.llm.grammar import JsonConstraints, TrackedMatcher, apply_token_bitmask, fill_mask
+from synth.llm.prefix_store import PrefixStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,9 @@ DEFAULT_MAX_BATCH_TOKENS = 16_384
 # arrive within milliseconds of each other (they were answered together); prefilling them in
 # one forward is cheaper than one by one, and a generation takes seconds.
 DEFAULT_LINGER_S = 0.05
+# Positions of finished sequences kept for prefix reuse (``synth.llm.prefix_store``): 8k
+# positions are ~380 MB for SmolLM2-135M in fp32. 0 turns reuse off.
+DEFAULT_PREFIX_POSITIONS = 8_192
 
 # --------------------------------------------------------------------------------------
 # The grammar of a request generated alone
@@ -117,6 +124,25 @@ class _Stream:
     run: Callable[[], None]
 
 
+@dataclass
+class _Prefill:
+    """Requests being prefilled on the prefill thread: (the prefilled rows, prompt tokens reused)."""
+
+    jobs: list[_Job]
+    future: Future[tuple[Prefilled, int]]
+
+    def fail(self, err: BaseException) -> None:
+        for job in self.jobs:  # a job answered already ignores this
+            job.resolve(err)
+
+
+def _prefill_with(batch: DecodeBatch, rows: list[Row], threads: int) -> tuple[Prefilled, int]:
+    torch.set_num_threads(threads)  # this thread's own count (OpenMP: per thread)
+    reused_before = batch.prefixes.reused_tokens if batch.prefixes is not None else 0
+    prefilled = batch.prefill(rows)
+    return prefilled, (batch.prefixes.reused_tokens if batch.prefixes is not None else 0) - reused_before
+
+
 class BatchedGenerateManager(BaseGenerateManager):
     """Decodes concurrent non-streaming requests together (module docstring).
 
@@ -132,6 +158,7 @@ class BatchedGenerateManager(BaseGenerateManager):
         max_batch: int = DEFAULT_MAX_BATCH,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         linger_s: float = DEFAULT_LINGER_S,
+        prefix_positions: int = DEFAULT_PREFIX_POSITIONS,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -140,10 +167,20 @@ class BatchedGenerateManager(BaseGenerateManager):
         self.max_batch = max_batch
         self.max_batch_tokens = max_batch_tokens
         self.linger_s = linger_s
+        # One model per manager in practice; a store is tied to the model whose cache it holds.
+        self.prefixes = PrefixStore(prefix_positions) if prefix_positions > 0 else None
+        self._prefixes_model: Any = None
         self._inbox: queue.Queue[_Job | _Stream | None] = queue.Queue()
         self._held: deque[_Job | _Stream] = deque()  # taken from the inbox, not yet run
         self._stopping = False
         self.batch_sizes: list[int] = []  # requests per admission (prefill), for tests and logs
+        # Prefill runs on its own thread so that new requests do not stall the rows decoding
+        # (one decode step barely gains from a second core here; a prefill does): measured in
+        # bench/embedded.py. The cores are split between the two threads.
+        cores = torch.get_num_threads()
+        self._decode_threads = max(1, cores // 2)
+        self._prefill_threads = max(1, cores - self._decode_threads)
+        self._prefill_pool = ThreadPoolExecutor(1, thread_name_prefix="prefill")
         self._thread = threading.Thread(target=self._serve, name="batched-generate", daemon=True)
         self._thread.start()
 
@@ -185,15 +222,20 @@ class BatchedGenerateManager(BaseGenerateManager):
         return text_queue, streamer
 
     def stop(self) -> None:
+        """Stop after the current step; requests not answered by then get an error."""
+        self._stopping = True  # seen even while a full batch never looks at the inbox
         self._inbox.put(None)
         self._thread.join(timeout=5)
+        self._prefill_pool.shutdown(wait=False, cancel_futures=True)
 
     # ----- the inference thread -----
 
     def _serve(self) -> None:
+        torch.set_num_threads(self._decode_threads)  # this thread's own count (OpenMP: per thread)
         batch: DecodeBatch | None = None
+        pending: _Prefill | None = None  # new rows going through the model beside the decode
         while not self._stopping:
-            if batch is None or not batch.rows:
+            if (batch is None or not batch.rows) and pending is None:
                 batch = None
                 first = self._held.popleft() if self._held else self._inbox.get()
                 if first is None:
@@ -205,23 +247,61 @@ class BatchedGenerateManager(BaseGenerateManager):
                     self._run_alone(first)
                     continue
                 batch = self._new_batch(first)
-                joining = [first, *self._joining(batch, 1, linger=True)]
-            else:
+                pending = self._start_prefill(batch, [first, *self._joining(batch, 1, linger=True)])
+            elif pending is None:
+                assert batch is not None
                 joining = self._joining(batch, 0, linger=False)
+                pending = self._start_prefill(batch, joining) if joining else None
+            assert batch is not None
+            if pending is not None and (pending.future.done() or not batch.rows):
+                self._finish_prefill(batch, pending)  # waits only when nothing else can run
+                pending = None
             try:
-                if joining:
-                    self._admit(batch, joining)
                 batch.step()
             except Exception as err:  # noqa: BLE001 (every request of the batch gets the error)
                 log.exception("decoding a batch of %d requests failed", len(batch.rows))
                 for row in batch.rows:
                     row.on_error(err)
-                for job in joining:  # a failed prefill: not rows yet (a second answer is ignored)
-                    job.resolve(err)
+                if pending is not None:  # its rows would join a batch that is gone
+                    pending.fail(err)
+                    pending = None
                 batch = None
+        stopped = RuntimeError("the generation manager stopped")
+        for row in batch.rows if batch is not None else []:
+            row.on_error(stopped)
+        if pending is not None:
+            pending.fail(stopped)
         for job in self._held:  # never started: their clients get an error, not a hang
             if isinstance(job, _Job):
-                job.resolve(RuntimeError("the generation manager stopped"))
+                job.resolve(stopped)
+
+    def _start_prefill(self, batch: DecodeBatch, jobs: list[_Job]) -> _Prefill:
+        """Prefill ``jobs`` on the prefill thread: with the decode thread's cores left to it
+        while rows are decoding, with all of them when the batch is idle."""
+        rows = []
+        for job in jobs:
+            matcher = None
+            if job.grammar is not None and batch.constraints is not None:
+                matcher = TrackedMatcher(batch.constraints.matcher(job.grammar))
+            rows.append(Row.of(job.input_ids, job.gen_config, matcher, job.finish, job.resolve))
+        self.batch_sizes.append(len(jobs))
+        threads = self._prefill_threads if batch.rows else self._decode_threads + self._prefill_threads
+        future = self._prefill_pool.submit(_prefill_with, batch, rows, threads)
+        return _Prefill(jobs, future)
+
+    def _finish_prefill(self, batch: DecodeBatch, pending: _Prefill) -> None:
+        """Join the prefilled rows to the batch (a failed prefill fails its own requests only)."""
+        try:
+            prefilled, reused = pending.future.result()
+        except Exception as err:  # noqa: BLE001 (reported to those requests)
+            log.exception("prefilling %d requests failed", len(pending.jobs))
+            pending.fail(err)
+            return
+        log.info(
+            "admitted %d requests (prompts %s tokens, %d of them reused) to a batch of %d",
+            len(pending.jobs), [len(job.input_ids) for job in pending.jobs], reused, len(batch.rows),
+        )  # fmt: skip
+        batch.join(prefilled)
 
     def _new_batch(self, first: _Job) -> DecodeBatch:
         config = first.gen_config
@@ -232,7 +312,10 @@ class BatchedGenerateManager(BaseGenerateManager):
         )
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         constraints = self._constraints_for(first.model, first.processor)
-        return DecodeBatch(first.model, eos_ids, constraints)
+        if self.prefixes is not None and self._prefixes_model is not first.model:
+            self.prefixes = PrefixStore(self.prefixes.max_positions)
+            self._prefixes_model = first.model
+        return DecodeBatch(first.model, eos_ids, constraints, self.prefixes)
 
     def _joining(self, batch: DecodeBatch, already: int, *, linger: bool) -> list[_Job]:
         """Waiting requests that fit in ``batch`` now (besides ``already`` admitted ones).
@@ -271,20 +354,6 @@ class BatchedGenerateManager(BaseGenerateManager):
             width = max(width, len(job.input_ids))
         self._held.extend(candidates)  # not looked at: the batch is full
         return joining
-
-    def _admit(self, batch: DecodeBatch, jobs: list[_Job]) -> None:
-        rows = []
-        for job in jobs:
-            matcher = None
-            if job.grammar is not None and batch.constraints is not None:
-                matcher = TrackedMatcher(batch.constraints.matcher(job.grammar))
-            rows.append(Row.of(job.input_ids, job.gen_config, matcher, job.finish, job.resolve))
-        self.batch_sizes.append(len(jobs))
-        log.info(
-            "admitted %d requests (prompts %s tokens) to a batch of %d",
-            len(jobs), [len(job.input_ids) for job in jobs], len(batch.rows),
-        )  # fmt: skip
-        batch.admit(rows)
 
     def _run_alone(self, job: _Job) -> None:
         """A request the decode loop does not implement: one ``model.generate`` of its own."""

@@ -58,7 +58,7 @@ from transformers.cli.serving.utils import (
 )
 from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
 
-from synth.llm.batched_generation import BatchedGenerateManager
+from synth.llm.batched_generation import DEFAULT_PREFIX_POSITIONS, BatchedGenerateManager
 from synth.llm.grammar import (
     JsonConstraints,
     TrackedMatcher,
@@ -67,6 +67,8 @@ from synth.llm.grammar import (
     fill_mask,
     grammar_for,
 )
+
+GRACEFUL_SHUTDOWN_S = 5  # after SIGTERM: requests still running then are cancelled
 
 # --------------------------------------------------------------------------------------
 # Logits processors
@@ -171,9 +173,12 @@ class ConstrainedCBGenerateManager(CBGenerateManager):
 class ConstrainedGenerationState(GenerationState):
     """``GenerationState`` handing out the constrained managers; owns the ``JsonConstraints``."""
 
-    def __init__(self, *args: Any, batch_size: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, batch_size: int = 1, prefix_positions: int = DEFAULT_PREFIX_POSITIONS, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.batch_size = batch_size
+        self.prefix_positions = prefix_positions
         self.constraints: JsonConstraints | None = None
         self._constraints_lock = threading.Lock()
         self._batched_managers: dict[str, BatchedGenerateManager] = {}
@@ -208,7 +213,10 @@ class ConstrainedGenerationState(GenerationState):
             return self._cb_manager
         if model_id not in self._batched_managers:
             self._batched_managers[model_id] = BatchedGenerateManager(
-                self.grammar_of, self.constraints_for, max_batch=self.batch_size
+                self.grammar_of,
+                self.constraints_for,
+                max_batch=self.batch_size,
+                prefix_positions=self.prefix_positions,
             )
         return self._batched_managers[model_id]
 
@@ -279,6 +287,7 @@ def build_app(
     cb_num_blocks: int | None = None,
     cb_max_batch_tokens: int | None = None,
     batch_size: int = 1,
+    prefix_positions: int = DEFAULT_PREFIX_POSITIONS,
 ) -> FastAPI:
     """The ``transformers serve`` app pinned to ``model``, with the constrained chat handler.
 
@@ -290,7 +299,11 @@ def build_app(
     if cb_num_blocks is not None or cb_max_batch_tokens is not None:
         cb_config = ContinuousBatchingConfig(num_blocks=cb_num_blocks, max_batch_tokens=cb_max_batch_tokens)
     state = ConstrainedGenerationState(
-        continuous_batching=continuous_batching, compile=False, cb_config=cb_config, batch_size=batch_size
+        continuous_batching=continuous_batching,
+        compile=False,
+        cb_config=cb_config,
+        batch_size=batch_size,
+        prefix_positions=prefix_positions,
     )
     app = build_server(
         model_manager,
@@ -331,6 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="without --continuous-batching: most concurrent requests in one model.generate (1: one at a time)",
     )
+    parser.add_argument(
+        "--prefix-cache-positions",
+        type=int,
+        default=DEFAULT_PREFIX_POSITIONS,
+        help="without --continuous-batching: KV positions of finished sequences kept to reuse shared prompt prefixes (0: off)",
+    )
     parser.add_argument("--log-level", default="warning", help="transformers log level")
     args = parser.parse_args(argv)
 
@@ -348,9 +367,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         cb_num_blocks=args.cb_num_blocks,
         cb_max_batch_tokens=args.cb_max_batch_tokens,
         batch_size=args.batch_size,
+        prefix_positions=args.prefix_cache_positions,
     )
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        # Without a bound, SIGTERM (a stopped or killed run: the launcher's parent-death signal)
+        # waits for every request in flight and queued behind it: minutes of decoding for
+        # clients that are gone, on the cores the next run needs.
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
     finally:
         app.state.generation_state.shutdown()
     return 0

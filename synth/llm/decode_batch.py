@@ -1,14 +1,19 @@
 """Rows decoded together, one token per step, joining and leaving between steps.
 
 The embedded server's batching engine (``synth.llm.batched_generation`` drives it). Rows share
-one left-padded KV cache (``transformers.DynamicCache``) and attention mask:
+one left-padded KV cache and attention mask; the cache's layers grow in place
+(``synth.llm.kv_cache``) rather than being copied at every step as ``DynamicCache`` does:
 
-* ``admit`` prefills new requests in one forward (left-padded, explicit position ids, so a
+* ``admit`` (``prefill``, which may run on another thread while the batch decodes, then
+  ``join``) prefills new requests in one forward (left-padded, explicit position ids, so a
   padded row computes what it would alone), samples their first token and merges their cache
   into the running one, padding whichever is shorter on the left;
+  a request whose prompt starts like a sequence in the ``PrefixStore`` (``synth.llm.prefix_store``)
+  prefills only what follows that prefix;
 * ``step`` feeds every row its last token and samples the next one;
 * a row that sampled end-of-sequence or reached its ``max_new_tokens`` leaves after the
-  step; the cache drops its batch row and any leading columns no row uses any more.
+  step, leaving its sequence in the store; the cache drops its batch row and any leading
+  columns no row uses any more.
 
 So a short reply returns as soon as it is done and a new request starts at the next step,
 instead of waiting for the longest row of a fixed batch, which is what makes chains of
@@ -23,9 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache, GenerationConfig
+from transformers import GenerationConfig
+from transformers.cache_utils import Cache
 
 from synth.llm.grammar import JsonConstraints, TrackedMatcher, apply_token_bitmask, fill_mask
+from synth.llm.kv_cache import growing_cache
+from synth.llm.prefix_store import PrefixStore
 
 # GenerationConfig fields the decode loop does not implement: a request that sets any of them
 # to something other than its neutral value is generated alone by ``model.generate``.
@@ -91,16 +99,38 @@ class Row:
         )
 
 
+# Rows prefilled together: the rows, their cache, attention mask and first sampled tokens.
+_Group = tuple[list[Row], Cache, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Prefilled:
+    """What ``DecodeBatch.prefill`` made of some rows: groups ready to ``join`` the batch."""
+
+    groups: list[_Group]
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for rows, *_ in self.groups for row in rows]
+
+
 class DecodeBatch:
     """The running rows of one model, their shared cache and mask (module docstring)."""
 
-    def __init__(self, model: Any, eos_token_ids: Sequence[int], constraints: JsonConstraints | None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        eos_token_ids: Sequence[int],
+        constraints: JsonConstraints | None,
+        prefixes: PrefixStore | None = None,
+    ) -> None:
         self.model = model
+        self.prefixes = prefixes  # where finished rows leave their sequences, and new ones look
         self.eos = set(eos_token_ids)
         self.pad = next(iter(eos_token_ids), 0)
         self.constraints = constraints
         self.rows: list[Row] = []
-        self._cache: DynamicCache | None = None
+        self._cache: Cache | None = None
         self._mask = torch.zeros((0, 0), dtype=torch.long)  # [rows, cached positions]
         self._last = torch.zeros((0,), dtype=torch.long)  # each row's newest token, not yet cached
 
@@ -116,21 +146,48 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def admit(self, rows: list[Row]) -> None:
-        """Prefill ``rows`` together, sample their first tokens and add them to the batch."""
-        if not rows:
-            return
+        """Prefill ``rows``, sample their first tokens and add them to the batch."""
+        self.join(self.prefill(rows))
+
+    @torch.inference_mode()
+    def prefill(self, rows: list[Row]) -> Prefilled:
+        """Run ``rows``' prompts through the model and sample their first tokens, ready to ``join``.
+
+        Touches nothing of the running batch, so it may run on another thread while ``step``
+        decodes. Rows whose prompt shares a long enough prefix with a stored sequence prefill
+        only the rest, one forward each; the others prefill together.
+        """
+        groups = []
+        fresh = []
+        for row in rows:
+            hit = self.prefixes.longest(row.prompt) if self.prefixes is not None else None
+            if hit is None:
+                fresh.append(row)
+            else:
+                groups.append(self._prefill_group([row], growing_cache(hit.layers), cached=hit.length))
+        if fresh:
+            groups.append(self._prefill_group(fresh, growing_cache(), cached=0))
+        return Prefilled(groups)
+
+    @torch.inference_mode()
+    def join(self, prefilled: Prefilled) -> None:
+        """Add prefilled rows to the batch (between two steps)."""
+        for group in prefilled.groups:
+            self._merge(*group)
+
+    def _prefill_group(self, rows: list[Row], cache: Cache, cached: int) -> _Group:
+        """One forward over ``rows``' prompts after their first ``cached`` tokens (already in ``cache``)."""
+        assert cached == 0 or len(rows) == 1, "a cached prefix is prefilled one row at a time"
         length = max(len(row.prompt) for row in rows)
         input_ids = torch.full((len(rows), length), self.pad, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
             input_ids[i, length - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
             mask[i, length - len(row.prompt) :] = 1
-        cache = DynamicCache()
-        logits = self._forward(input_ids, mask, cache)
-        first = self._sample(rows, logits)
-        self._merge(rows, cache, mask, first)
+        logits = self._forward(input_ids[:, cached:], mask, cache)
+        return rows, cache, mask, self._sample(rows, logits)
 
-    def _merge(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor, first: torch.Tensor) -> None:
+    def _merge(self, rows: list[Row], cache: Cache, mask: torch.Tensor, first: torch.Tensor) -> None:
         if self._cache is None or not self.rows:
             self._cache, self._mask = cache, mask
             self._last = first
@@ -138,11 +195,9 @@ class DecodeBatch:
             width = max(self.width, mask.shape[1])
             old_kv = [_left_pad_kv(layer, width) for layer in _kv(self._cache)]
             new_kv = [_left_pad_kv(layer, width) for layer in _kv(cache)]
-            self._cache = DynamicCache(
-                ddp_cache_data=[
-                    (torch.cat([ok, nk]), torch.cat([ov, nv]))
-                    for (ok, ov), (nk, nv) in zip(old_kv, new_kv, strict=True)
-                ]
+            self._cache = growing_cache(
+                (torch.cat([ok, nk]), torch.cat([ov, nv]))
+                for (ok, ov), (nk, nv) in zip(old_kv, new_kv, strict=True)
             )
             self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)])
             self._last = torch.cat([self._last, first])
@@ -162,7 +217,7 @@ class DecodeBatch:
         self._last = self._sample(self.rows, logits)
         self._retire()
 
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> torch.Tensor:
         """Logits of the last position of each row, with ``cache`` extended in place.
 
         Callers run under ``torch.inference_mode``: with autograd on, the cache would keep
@@ -208,6 +263,7 @@ class DecodeBatch:
         if not done:
             return
         for i in done:
+            self._store(i)
             self.rows[i].on_done(self.rows[i].generated)
         keep = [i for i in range(len(self.rows)) if i not in done]
         self.rows = [self.rows[i] for i in keep]
@@ -219,30 +275,51 @@ class DecodeBatch:
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if used.numel() else 0  # leading columns only padding now
         assert self._cache is not None
-        self._cache = DynamicCache(
-            ddp_cache_data=[(k[index, :, start:], v[index, :, start:]) for k, v in _kv(self._cache)]
-        )
+        self._cache = growing_cache((k[index, :, start:], v[index, :, start:]) for k, v in _kv(self._cache))
         self._mask = mask[:, start:]
         self._last = self._last[index]
 
+    def _store(self, i: int) -> None:
+        """Leave row ``i``'s sequence (prompt and reply, as far as the cache holds it) in the store."""
+        if self.prefixes is None or self._cache is None:
+            return
+        row = self.rows[i]
+        tokens = row.prompt + row.generated[:-1]  # the newest token was sampled, never fed
+        positions = int(self._mask[i].sum())
+        if positions != len(tokens):  # cannot happen; a wrong entry would corrupt later replies
+            return
+        start = self.width - positions  # a row's positions are the right end of the padded cache
+        layers = [
+            (k[i : i + 1, :, start:].clone(), v[i : i + 1, :, start:].clone()) for k, v in _kv(self._cache)
+        ]
+        self.prefixes.add(tokens, layers)
+
 
 def _pick(logits: torch.Tensor, row: Row) -> int:
-    """Greedy, or a sample at the row's temperature from its top-k / top-p set."""
+    """Greedy, or a sample at the row's temperature from its top-k / top-p set.
+
+    With top-k, only the k best tokens can be drawn, so the sample is taken among them
+    (``torch.topk``) rather than over a vocabulary-sized masked copy: 1.8 ms a row and a step
+    before, ~15 ms of a ~220 ms step of 8 rows. Same distribution as transformers' warpers
+    (temperature, then top-k, then top-p, renormalised).
+    """
     if not row.do_sample:
         return int(logits.argmax())
     scores = logits / row.temperature
+    ids: torch.Tensor | None = None
     if 0 < row.top_k < scores.numel():
-        kth = torch.topk(scores, row.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
+        scores, ids = torch.topk(scores, row.top_k)  # sorted, best first
+    elif row.top_p < 1.0:
+        scores, ids = torch.sort(scores, descending=True)
     if row.top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=True)
-        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-        cut = cumulative - torch.softmax(ordered, dim=-1) >= row.top_p  # keep the token that crosses top_p
-        scores = scores.scatter(0, order[cut], float("-inf"))
-    return int(torch.multinomial(torch.softmax(scores, dim=-1), 1))
+        probs = torch.softmax(scores, dim=-1)
+        beyond = probs.cumsum(dim=-1) - probs >= row.top_p  # keep the token that crosses top_p
+        scores = scores.masked_fill(beyond, float("-inf"))
+    choice = int(torch.multinomial(torch.softmax(scores, dim=-1), 1))
+    return int(ids[choice]) if ids is not None else choice
 
 
-def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _kv(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

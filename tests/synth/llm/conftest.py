@@ -20,6 +20,14 @@ def tokenizer() -> Any:
 
 
 @pytest.fixture(scope="session")
+def model() -> Any:
+    """The embedded model itself (SmolLM2-135M-Instruct): greedy decoding shows any wrong cache."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(ensure_model_dir()).eval()
+
+
+@pytest.fixture(scope="session")
 def constraints(tokenizer: Any) -> JsonConstraints:
     return JsonConstraints(tokenizer, vocab_size=49152, eos_token_ids=[EOS])
 

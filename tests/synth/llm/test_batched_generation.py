@@ -10,15 +10,15 @@ together, whatever the machine's load.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import GenerationConfig
 
 from synth.llm.batched_generation import BatchedGenerateManager
 from synth.llm.decode_batch import DecodeBatch, Row
-from synth.llm.embedded import ensure_model_dir
 from synth.llm.grammar import JsonConstraints, grammar_for
 
 PROMPTS = [
@@ -26,11 +26,6 @@ PROMPTS = [
     "Riverton welcomed 2.41 million overnight visitors in 2024, up from 2.22 million in 2023. The increase was",
     "Count: 1 2 3",
 ]
-
-
-@pytest.fixture(scope="module")
-def model() -> Any:
-    return AutoModelForCausalLM.from_pretrained(ensure_model_dir()).eval()
 
 
 def greedy(max_new_tokens: int) -> GenerationConfig:
@@ -135,6 +130,51 @@ def test_a_request_joins_a_running_batch_and_leaves_as_soon_as_it_is_done(model:
     assert [r[2] for r in joiners] == [r[2] for r in alone]
 
 
+def test_running_rows_keep_decoding_while_a_new_request_is_prefilled(
+    model: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = 0
+    steps_during_prefill: list[int] = []
+    real_step, real_prefill = DecodeBatch.step, DecodeBatch.prefill
+
+    def counting_step(self: DecodeBatch) -> None:
+        nonlocal steps
+        if self.rows:
+            steps += 1
+        real_step(self)
+
+    def slow_prefill(self: DecodeBatch, rows: list[Row]) -> Any:
+        before = steps
+        time.sleep(1.0 if self.rows else 0.0)  # a long prompt, next to rows that are decoding
+        prefilled = real_prefill(self, rows)
+        steps_during_prefill.append(steps - before)
+        return prefilled
+
+    monkeypatch.setattr(DecodeBatch, "step", counting_step)
+    monkeypatch.setattr(DecodeBatch, "prefill", slow_prefill)
+    alone = run_all(manager(model, tokenizer), model, tokenizer, [(PROMPTS[1], greedy(12))])
+    steps = 0
+    gen = manager(model, tokenizer, linger_s=0.0)
+
+    async def main() -> list[Any]:
+        def submit(prompt: str, config: GenerationConfig, rid: str) -> Any:
+            inputs = {"input_ids": torch.tensor([tokenizer(prompt).input_ids])}
+            return asyncio.ensure_future(gen.generate_non_streaming(model, tokenizer, inputs, config, rid))
+
+        long = submit(PROMPTS[2], greedy(200), "long")  # counts on and on
+        while steps < 2:  # the long request is decoding
+            await asyncio.sleep(0.01)
+        joiner = await submit(PROMPTS[1], greedy(12), "joiner")
+        return [joiner, await long]
+
+    try:
+        joiner, _ = asyncio.run(main())
+    finally:
+        gen.stop()
+    assert steps_during_prefill[-1] >= 3  # the long row went on while the joiner was prefilled
+    assert joiner[2] == alone[0][2]
+
+
 def test_a_batch_holds_at_most_max_batch_tokens_of_padded_prompt(model: Any, tokenizer: Any) -> None:
     longest = max(len(tokenizer(p).input_ids) for p in PROMPTS)
     gen = manager(model, tokenizer, max_batch_tokens=2 * longest)
@@ -211,3 +251,30 @@ def test_the_decode_loop_keeps_no_autograd_graph(model: Any, tokenizer: Any) -> 
     while batch.rows:
         batch.step()
     assert len(finished) == 1 and len(finished[0]) <= 5
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(50, 1.0), (50, 0.8), (0, 0.8), (0, 1.0)])
+def test_a_sampled_row_draws_from_transformers_own_top_k_top_p_distribution(top_k: int, top_p: float) -> None:
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from synth.llm.decode_batch import _pick
+
+    torch.manual_seed(0)
+    logits = torch.randn(2000) * 3
+    logits[:5] = float("-inf")  # masked by a grammar
+    config = GenerationConfig(do_sample=True, temperature=0.7, top_k=top_k, top_p=top_p, max_new_tokens=1)
+    row = Row.of([1], config, None, lambda tokens: None, print)
+    expected = TemperatureLogitsWarper(0.7)(None, logits[None].clone())
+    if top_k:
+        expected = TopKLogitsWarper(top_k)(None, expected)
+    if top_p < 1.0:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+    expected_p = torch.softmax(expected[0], dim=-1)
+    draws = 20_000
+    seen = torch.bincount(torch.tensor([_pick(logits, row) for _ in range(draws)]), minlength=2000).float() / draws
+    assert seen[expected_p == 0].sum() == 0  # nothing outside the allowed set
+    assert 0.5 * (seen - expected_p).abs().sum() < 0.05  # total variation distance

@@ -11,7 +11,9 @@ tests go through the real client (``LLMClient``, no invalid-output retries) and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import socket
 import threading
 import time
@@ -173,6 +175,37 @@ def test_the_embedded_launcher_starts_the_constrained_server(tiny_model_dir: Pat
                 return await llm.complete(MESSAGES, Verdict, stage="t")
 
         assert isinstance(asyncio.run(main()), Verdict)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_in_seconds_while_requests_are_still_decoding(tiny_model_dir: Path) -> None:
+    """A stopped or killed run sends SIGTERM (the launcher's parent-death signal): the server must
+    go within seconds, not after decoding every request in flight and queued for clients long gone."""
+    with EmbeddedEndpoint(tiny_model_dir, port=free_port(), startup_timeout_s=240) as endpoint:
+        proc = endpoint._proc
+        assert proc is not None
+        body = {
+            "messages": MESSAGES,
+            "max_tokens": 20000,
+            "temperature": 0,
+        }  # the random model never stops early
+        clients = [
+            threading.Thread(target=_post_quietly, args=(endpoint.base_url, body), daemon=True)
+            for _ in range(12)
+        ]
+        for client in clients:
+            client.start()
+        time.sleep(3)  # the first batch is decoding, the rest are queued
+        assert proc.poll() is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert time.monotonic() - started < 15
+
+
+def _post_quietly(url: str, body: dict[str, object]) -> None:
+    with contextlib.suppress(OSError):  # the server goes away under it
+        post(url, body)
 
 
 def test_a_reply_that_cannot_validate_is_still_reported_as_invalid(server_url: str) -> None:

@@ -210,6 +210,7 @@ def test_command_runs_the_constrained_server_unless_asked_for_plain_transformers
 
 def test_the_constrained_server_accepts_every_flag_the_launcher_passes(tmp_path: Path) -> None:
     from synth.llm import constrained_server
+    from synth.llm.batched_generation import DEFAULT_PREFIX_POSITIONS
 
     argv = EmbeddedEndpoint(port=1234, host="0.0.0.0").command(tmp_path / MODEL_NAME)
     seen: dict[str, object] = {}
@@ -229,6 +230,7 @@ def test_the_constrained_server_accepts_every_flag_the_launcher_passes(tmp_path:
         "cb_num_blocks": None,
         "cb_max_batch_tokens": None,
         "batch_size": EMBEDDED_MAX_CONCURRENCY,
+        "prefix_positions": DEFAULT_PREFIX_POSITIONS,
     }
 
 

@@ -34,7 +34,6 @@ class Nested(BaseModel):
     done: bool
 
 
-
 # --------------------------------------------------------------------------------------
 # response_format → grammar
 # --------------------------------------------------------------------------------------
@@ -182,3 +181,33 @@ def test_logits_wider_than_the_tokenizer_never_allow_the_extra_ids() -> None:
     bitmask = torch.full((1, 1), -1, dtype=torch.int32)  # 32 tokens, all allowed
     out = apply_token_bitmask(torch.zeros((1, 40)), bitmask)
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == list(range(32))
+
+
+@pytest.mark.parametrize("reply_model", ["planning", "decisions"])
+def test_tool_arguments_are_guided_flat_and_validated_loosely(
+    reply_model: str, constraints: JsonConstraints, tokenizer: Any
+) -> None:
+    """The 135M model nested ``{"query": {"query": …`` until the cap cut every planning reply of
+    a preview; guided replies cannot, and unguided near-misses still reach the tool check."""
+    from synth.stages.decisions import Candidate
+    from synth.stages.planning import PlanDraft
+
+    model = PlanDraft if reply_model == "planning" else Candidate
+    grammar = grammar_for(response_format(model))
+    assert grammar is not None
+
+    def accepted(text: str) -> bool:
+        matcher = constraints.matcher(grammar)
+        return matcher.validate_tokens(tokenizer.encode(text, add_special_tokens=False)) == len(
+            tokenizer.encode(text, add_special_tokens=False)
+        )
+
+    # The grammar writes compact JSON (no spaces between tokens).
+    first = (
+        '{"analysis":"a","tool":"search",' if reply_model == "planning" else '{"thought":"a","tool":"search",'
+    )
+    assert accepted(first + '"arguments":{"query":["riverton visitors"],"n":3}}')
+    assert not accepted(first + '"arguments":{"query":{"query"')
+    nested = {"tool": "search", "arguments": {"query": {"query": 1}}}
+    loose = model.model_validate({"analysis": "a", "thought": "a", **nested})
+    assert loose.arguments == {"query": {"query": 1}}  # left for the tool check to name
