@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import threading
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,22 +55,53 @@ class RunEndpoints:
         self._run_id = run_id
         self._needed = needed
         self._embedded: Any = None
+        self._embedded_starting: Future[Any] | None = None
+        self._released = threading.Event()  # ends the thread that launched the embedded endpoint
         self._limiters: dict[str, tuple[str, Any]] = {}
         self.spec = spec  # with embedded URLs resolved, once open
 
+    def start_embedded(self) -> RunEndpoints:
+        """Start the embedded endpoint on a thread now, so its model loads while Ray starts
+        (about 9 s and 7 s here, one after the other before); ``open`` waits for it.
+
+        The thread stays alive until ``close``: the server asks Linux for SIGTERM when its
+        parent dies (``PR_SET_PDEATHSIG``), and for Linux the parent is the thread that
+        launched it, not the process.
+        """
+        if self._needed and self._embedded_config() is not None and self._embedded_starting is None:
+            self._embedded_starting = Future()
+            threading.Thread(
+                target=self._keep_embedded, args=(self._embedded_starting,), name="embedded-endpoint", daemon=True
+            ).start()
+        return self
+
+    def _keep_embedded(self, started: Future[Any]) -> None:
+        try:
+            started.set_result(self._start_embedded())
+        except BaseException as err:  # noqa: BLE001 (open() raises it)
+            started.set_exception(err)
+            return
+        self._released.wait()
+
+    def _embedded_config(self) -> LLMConfig | None:
+        return next((c for c in endpoint_configs(self._spec) if c.base_url == EMBEDDED), None)
+
+    def _start_embedded(self) -> Any:
+        from synth.llm.embedded import ensure_endpoint
+
+        cfg = self._embedded_config()
+        assert cfg is not None
+        return ensure_endpoint(
+            port=cfg.embedded_port, batching=cfg.embedded_continuous_batching, temperature=cfg.temperature
+        )
+
     def open(self) -> RunEndpoints:
-        """Start the embedded endpoint if needed, then one limiter actor per URL."""
+        """Start the embedded endpoint if needed (or wait for ``start_embedded``), then one limiter actor per URL."""
         if not self._needed:
             return self
-        if any(c.base_url == EMBEDDED for c in endpoint_configs(self._spec)):
-            from synth.llm.embedded import ensure_endpoint
-
-            cfg = next(c for c in endpoint_configs(self._spec) if c.base_url == EMBEDDED)
-            self._embedded = ensure_endpoint(
-                port=cfg.embedded_port,
-                batching=cfg.embedded_continuous_batching,
-                temperature=cfg.temperature,
-            )
+        if self._embedded_config() is not None:
+            starting, self._embedded_starting = self._embedded_starting, None
+            self._embedded = starting.result() if starting is not None else self._start_embedded()
             url = self._embedded.base_url
             updates: dict[str, Any] = {}
             if self._spec.llm.base_url == EMBEDDED:
@@ -127,9 +160,14 @@ class RunEndpoints:
             with contextlib.suppress(ray.exceptions.RayError):
                 ray.kill(actor, no_restart=True)
         self._limiters.clear()
+        starting, self._embedded_starting = self._embedded_starting, None
+        if starting is not None:  # started early, never opened (Ray failed to start, say)
+            with contextlib.suppress(Exception):
+                self._embedded = starting.result()
         if self._embedded is not None:
             self._embedded.stop()  # a no-op unless this run started it
             self._embedded = None
+        self._released.set()
 
     def __enter__(self) -> RunEndpoints:
         return self.open()

@@ -130,9 +130,7 @@ def driver_alive(run_dir: RunDir) -> int | None:
         created = psutil.Process(status.pid).create_time()
     except psutil.Error:
         return None
-    # A pid reused by a newer process is not our driver.
-    started = status.started_at.timestamp() if status.started_at else None
-    return status.pid if started is None or created <= started + 1 else None
+    return status.pid if status.may_be_driver(created) else None  # else a reused pid
 
 
 def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:

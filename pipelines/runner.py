@@ -141,6 +141,8 @@ def run_session(
     print(f"{'resuming' if resuming else 'starting'} run {run_id} in {run_dir}", file=out, flush=True)
     board: ProgressBoard | None = None
     outcome = RunOutcome("failed", "the session ended before the scheduler finished")
+    needs_llm = any(stage_uses_llm(stage_map[s]) for s in enabled if not _stage_done(run_dir, s))
+    endpoints = RunEndpoints(spec, run_id=run_id, needed=needs_llm).start_embedded()
     try:
         with ray_session(ray_address or spec.execution.ray_address) as address:
             status.ray_address = address
@@ -154,8 +156,7 @@ def run_session(
                     file=out,
                 )
             board = ProgressBoard(rd, enabled, display or default_display(enabled, out))
-            needs_llm = any(stage_uses_llm(stage_map[s]) for s in enabled if not _stage_done(run_dir, s))
-            with RunEndpoints(spec, run_id=run_id, needed=needs_llm) as endpoints:
+            with endpoints:
                 if endpoints.embedded_url:
                     board.message(f"embedded LLM endpoint at {endpoints.embedded_url}")
                 for check in endpoints.preflight():  # EndpointFailure: fail before any stage starts
@@ -193,6 +194,7 @@ def run_session(
         outcome = RunOutcome("failed", f"{type(err).__name__}: {err}")
         traceback.print_exc(file=sys.stderr)
     finally:
+        endpoints.close()  # after a failure before `with endpoints`: the early-started server
         if board is not None:
             board.close()
         if outcome.state == "succeeded":

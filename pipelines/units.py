@@ -4,7 +4,8 @@ Unit assignment is deterministic so that a resumed run arrives at the same units
 
 * a **map** stage's unit ``k`` is its upstream's committed unit ``k`` (same name);
 * a **barrier** stage's items (from ``Stage.prepare``, deterministic by contract) are cut
-  into consecutive chunks of ``execution.unit_size``, named ``unit_name(i)``; the inputs
+  into consecutive chunks of at most ``execution.unit_size`` items of one source (``cut_units``),
+  named ``unit_name(i)``; the inputs
   ``prepare`` dropped are committed once as the unit ``DROPPED_UNIT``, which holds no
   records, only failed-ledger rows, and which map stages downstream skip.
 
@@ -37,14 +38,27 @@ def is_data_unit(unit: str) -> bool:
     return unit != DROPPED_UNIT
 
 
-def cut_units(items: Sequence[Any], unit_size: int) -> list[tuple[str, list[Any]]]:
-    """Consecutive chunks of ``unit_size`` items, named ``00000``, ``00001``, …"""
+def cut_units(
+    items: Sequence[Any], unit_size: int, source_of: Callable[[Any], str] | None = None
+) -> list[tuple[str, list[Any]]]:
+    """Consecutive chunks of at most ``unit_size`` items, named ``00000``, ``00001``, …
+
+    With ``source_of``, a unit never spans two sources: a new unit starts where the source
+    changes. So the rollouts' imported trajectories, which need no agent run, form units of
+    their own, and the decisions stage downstream starts on them while the generated
+    rollouts are still running, instead of waiting for a unit that mixes both.
+    """
     if unit_size < 1:
         raise ValueError("unit_size must be >= 1")
-    return [
-        (unit_name(i), list(items[start : start + unit_size]))
-        for i, start in enumerate(range(0, len(items), unit_size))
-    ]
+    chunks: list[list[Any]] = []
+    source: str | None = None
+    for item in items:
+        item_source = source_of(item) if source_of is not None else ""
+        if not chunks or len(chunks[-1]) >= unit_size or item_source != source:
+            chunks.append([])
+            source = item_source
+        chunks[-1].append(item)
+    return [(unit_name(i), chunk) for i, chunk in enumerate(chunks)]
 
 
 def preview_cut(items: Sequence[Any], limit: int, source_of: Callable[[Any], str]) -> list[Any]:

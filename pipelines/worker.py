@@ -130,8 +130,11 @@ class UnitWorker:
             except FileExistsError:
                 pass  # committed by a concurrent or earlier attempt: the ledger has them once
         items = list(prepared.items)
-        used = items if limit is None else preview_cut(items, limit, lambda item: stage.item_origin(item).source)
-        units = cut_units(used, unit_size)
+        def source_of(item: Any) -> str:
+            return stage.item_origin(item).source
+
+        used = items if limit is None else preview_cut(items, limit, source_of)
+        units = cut_units(used, unit_size, source_of)
         await asyncio.to_thread(self._write_unit_items, stage_name, units)
         # Counted over every item, not a preview's first ones: --preview scales each source.
         sources = await asyncio.to_thread(stage.item_sources, items, ctx.spec)

@@ -79,7 +79,19 @@ class RunStatus(BaseModel):
     error: str | None = None
     pid: int | None = None
     host: str | None = None
+    driver_since: datetime | None = Field(
+        None, description="when the current driver (pid) took the run: a resumed run keeps started_at"
+    )
     ray_address: str | None = None
+
+    def may_be_driver(self, process_created: float) -> bool:
+        """Whether a process created at ``process_created`` (epoch s) can be the driver recorded here.
+
+        The driver stamps the status right after it starts, so it is never younger than its
+        stamp; a younger process holds a reused pid.
+        """
+        since = self.driver_since or self.started_at
+        return since is None or process_created <= since.timestamp() + 1.0
 
 
 class RunDir:
@@ -114,6 +126,7 @@ class RunDir:
             status.error = None
             status.pid = os.getpid()
             status.host = socket.gethostname()
+            status.driver_since = now
         if state in TERMINAL_STATES:
             status.finished_at = now
             status.error = error

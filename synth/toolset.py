@@ -47,6 +47,20 @@ TOOLS: dict[str, type[BaseModel]] = {
     "parse_file": ParseFileArgs,
 }
 
+# What one tool argument may be in a guided reply schema (``response_format``): a string, a
+# list of strings, a number, a boolean or null — what every tool above takes. Reply models
+# validate arguments loosely and put this in their JSON schema only, so a guided decoder
+# cannot nest objects without end (the 135M model did until the token cap cut its replies).
+FLAT_ARGUMENT: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]
+}
+
 TOOL_DESCRIPTIONS: dict[str, str] = {
     "search": "Web search. Arguments: {\"query\": [\"query 1\", \"query 2\"]}",
     "visit": "Read web page(s). Arguments: {\"url\": \"https://…\", \"goal\": \"what to find\"}",

@@ -444,13 +444,10 @@ def _other_driver_alive(status: RunStatus | None, row: RunRow) -> bool:
         return False
     if status.host != socket.gethostname():
         return False
-    # The driver stamps started_at right after it starts; its process cannot be younger.
     if not pid_is_driver(status.pid, None):
         return False
-    if status.started_at is None:
-        return True
     try:
-        return psutil.Process(status.pid).create_time() <= status.started_at.timestamp() + 1.0
+        return status.may_be_driver(psutil.Process(status.pid).create_time())
     except psutil.Error:
         return False
 

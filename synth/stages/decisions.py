@@ -74,7 +74,7 @@ from synth.records import (
 from synth.render import tags
 from synth.render.traces import count_words, estimate_tokens, render_action, render_decisions, step_answer
 from synth.stage import Stage, StageContext, StageOutput, Verdict
-from synth.toolset import TOOL_DESCRIPTIONS, normalize_arguments, validate_tool_call
+from synth.toolset import FLAT_ARGUMENT, TOOL_DESCRIPTIONS, normalize_arguments, validate_tool_call
 
 ToolName = Literal["search", "visit", "python"]
 
@@ -141,7 +141,11 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="ignore")
     thought: str = Field("", description="why this step")
     tool: str | None = Field(None, description="tool name, for a tool call")
-    arguments: dict[str, Any] = Field(default_factory=dict, description="the tool's arguments")
+    arguments: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the tool's arguments",
+        json_schema_extra={"additionalProperties": FLAT_ARGUMENT},  # guided flat, validated loosely
+    )
     answer: str | None = Field(None, description="a final answer instead of a tool call")
 
     @model_validator(mode="before")

@@ -35,7 +35,7 @@ from synth.llm.config import completion_cap
 from synth.records import Failure, MemoryRecord, PlanningReason, PlanningRecord, QuestionRecord, ToolAction
 from synth.render.fas import render_planning
 from synth.stage import Stage, StageContext, StageOutput, Verdict
-from synth.toolset import TOOL_DESCRIPTIONS, TOOLS, normalize_arguments, validate_tool_call
+from synth.toolset import FLAT_ARGUMENT, TOOL_DESCRIPTIONS, TOOLS, normalize_arguments, validate_tool_call
 
 
 class PlanningConfig(BaseModel):
@@ -217,7 +217,15 @@ class PlanDraft(BaseModel):
         min_length=1, description="what the question asks, the facts it needs, a short plan"
     )
     tool: str = Field("", description=f"a tool name, or '{ANSWER_TOOL}' for a direct answer")
-    arguments: Any = Field(None, description="the tool's arguments (a JSON object)")
+    # Validated as any JSON value (see above), but the schema sent as ``response_format``
+    # asks for a flat object: a guided decoder (the embedded server, vLLM) then cannot nest
+    # objects without end, which the 135M model did until the token cap cut every planning
+    # reply of a preview (`{"query": {"query": {"query": …`).
+    arguments: Any = Field(
+        None,
+        description="the tool's arguments (a JSON object)",
+        json_schema_extra={"type": "object", "additionalProperties": FLAT_ARGUMENT},
+    )
     answer: str | None = Field(None, description="the direct answer, when tool is 'answer'")
 
     @model_validator(mode="before")

@@ -242,3 +242,16 @@ def test_sources_that_make_no_llm_call_count_for_items_but_not_for_requests(tmp_
 def test_a_preview_takes_the_first_items_of_each_source() -> None:
     items = [("web", i) for i in range(8)] + [("triples", i) for i in range(3)] + [("web", 8)]
     assert preview_cut(items, 2, lambda item: item[0]) == [("web", 0), ("web", 1), ("triples", 0), ("triples", 1)]
+
+
+def test_a_unit_never_spans_two_sources() -> None:
+    from pipelines.units import cut_units
+
+    items = [("import", i) for i in range(5)] + [("rollout", i) for i in range(3)]
+    units = cut_units(items, 4, lambda item: item[0])
+    assert [(name, [i for _, i in chunk]) for name, chunk in units] == [
+        ("00000", [0, 1, 2, 3]),
+        ("00001", [4]),  # the last import: its own unit, not the first rollouts'
+        ("00002", [0, 1, 2]),
+    ]
+    assert [len(chunk) for _, chunk in cut_units(items, 4)] == [4, 4]  # without sources: as before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,31 @@ def test_cancel_of_a_finished_run_changes_nothing(tmp_path: Path) -> None:
     assert cancel_command("demo-1", str(tmp_path / "runs")) == 0
     assert not rd.cancel_requested()
     assert rd.read_status().state == "succeeded"  # type: ignore[union-attr]
+
+
+def test_a_resumed_runs_new_driver_is_alive_though_the_run_started_before_it(tmp_path: Path) -> None:
+    """``agentcpt run --run-id ID`` keeps the run's started_at; its driver process is younger than that."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from pipelines.rundirs import driver_alive
+    from synth.runstate import utc_now
+
+    rd = make_run(tmp_path)
+    status = rd.read_status()
+    assert status is not None
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as driver:  # noqa: S603
+        try:
+            time.sleep(0.2)
+            status.pid = driver.pid  # the resumed session's driver
+            status.started_at = utc_now() - timedelta(hours=1)  # the first session's start
+            status.driver_since = utc_now()
+            rd.write_status(status)
+            assert driver_alive(rd) == driver.pid
+            # A pid that was reused by a process younger than the driver's stamp is not the driver.
+            status.driver_since = utc_now() - timedelta(minutes=5)
+            rd.write_status(status)
+            assert driver_alive(rd) is None
+        finally:
+            driver.kill()
